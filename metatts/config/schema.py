@@ -1,0 +1,229 @@
+"""Typed configuration: one dataclass per axis, each field with a sentence saying what it is for.
+
+Every value a run uses lives here; modules receive the dataclass of their axis, never a dict.
+Checks that involve one axis live in that dataclass's ``check``; checks across axes in ``Config.check``.
+Each check raises ``ConfigError`` naming the key path (``audio.fmax``), so a bad YAML fails before work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or inconsistent; the message names the key path."""
+
+
+def _require(ok: bool, path: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{path}: {message}")
+
+
+@dataclass
+class AudioConfig:
+    """How audio becomes features. The defaults are exactly the universal HiFi-GAN V1 convention, so any
+    corpus prepared with them can be vocoded by the pretrained vocoder."""
+
+    sample_rate: int = 22050  # every corpus is resampled to this rate (Hz)
+    n_fft: int = 1024  # STFT size in samples
+    hop_length: int = 256  # samples between frames; one mel frame per hop
+    win_length: int = 1024  # Hann window length in samples
+    n_mels: int = 80  # mel bands
+    fmin: float = 0.0  # lowest mel band edge (Hz)
+    fmax: float = 8000.0  # highest mel band edge (Hz)
+    log_floor: float = 1e-5  # the mel magnitude is clamped at this value before the natural log
+    trim_top_db: float = 40.0  # leading/trailing audio quieter than peak minus this (dB) is trimmed; 0 disables
+    target_dbfs: float = -20.0  # loudness normalization: RMS level of the speech after trimming (dBFS)
+    peak_limit: float = 0.95  # after loudness normalization the absolute peak is scaled down to at most this
+    min_seconds: float = 0.5  # utterances shorter than this after trimming are skipped
+    max_seconds: float = 20.0  # utterances longer than this after trimming are skipped
+    pitch_fmin: float = 60.0  # lowest fundamental frequency the pitch tracker searches (Hz)
+    pitch_fmax: float = 600.0  # highest fundamental frequency the pitch tracker searches (Hz)
+    pitch_threshold: float = 0.2  # YIN aperiodicity above which a frame is called unvoiced (0-1)
+
+    def check(self, path: str = "audio") -> None:
+        _require(self.sample_rate >= 8000, f"{path}.sample_rate", f"must be at least 8000 Hz, got {self.sample_rate}")
+        _require(self.n_fft > 0 and self.hop_length > 0 and self.win_length > 0, path,
+                 "n_fft, hop_length and win_length must be positive")
+        _require(self.win_length <= self.n_fft, f"{path}.win_length",
+                 f"window ({self.win_length}) longer than n_fft ({self.n_fft})")
+        _require(self.hop_length <= self.win_length, f"{path}.hop_length",
+                 f"hop ({self.hop_length}) longer than the window ({self.win_length}) would skip samples")
+        _require(self.n_mels > 0, f"{path}.n_mels", "must be positive")
+        _require(0 <= self.fmin < self.fmax, f"{path}.fmin", f"need 0 <= fmin < fmax, got {self.fmin}, {self.fmax}")
+        _require(self.fmax <= self.sample_rate / 2, f"{path}.fmax",
+                 f"{self.fmax} Hz is above half the sample rate ({self.sample_rate / 2} Hz)")
+        _require(self.log_floor > 0, f"{path}.log_floor", "must be positive (it is the argument of a log)")
+        _require(self.trim_top_db >= 0, f"{path}.trim_top_db", "must be >= 0 (0 disables trimming)")
+        _require(0 < self.peak_limit <= 1, f"{path}.peak_limit", "must be in (0, 1]")
+        _require(0 < self.min_seconds < self.max_seconds, f"{path}.min_seconds",
+                 f"need 0 < min_seconds < max_seconds, got {self.min_seconds}, {self.max_seconds}")
+        _require(0 < self.pitch_fmin < self.pitch_fmax < self.sample_rate / 2, f"{path}.pitch_fmin",
+                 f"need 0 < pitch_fmin < pitch_fmax < sample_rate/2, got {self.pitch_fmin}, {self.pitch_fmax}")
+        _require(self.sample_rate / self.pitch_fmin < self.win_length, f"{path}.pitch_fmin",
+                 f"a period of {self.pitch_fmin} Hz ({self.sample_rate / self.pitch_fmin:.0f} samples) must fit in "
+                 f"the window ({self.win_length} samples)")
+        _require(0 < self.pitch_threshold < 1, f"{path}.pitch_threshold", "must be in (0, 1)")
+
+
+@dataclass
+class TextConfig:
+    """How transcripts become phoneme symbols."""
+
+    language: str = "en-us"  # espeak-ng language/voice used for phonemization
+    keep_stress: bool = True  # keep primary/secondary stress marks as symbols
+    phonemize_batch: int = 512  # sentences handed to the phonemizer per call (one per call is slow)
+
+    def check(self, path: str = "text") -> None:
+        _require(bool(self.language), f"{path}.language", "must not be empty")
+        _require(self.phonemize_batch > 0, f"{path}.phonemize_batch", "must be positive")
+
+
+@dataclass
+class DataConfig:
+    """Where the corpus is, how it is read, where features go and how speakers are split."""
+
+    corpus: str = ""  # path of the corpus on disk
+    layout: str = "auto"  # auto | libritts | vctk | kaldi | folder
+    vctk_mic: str = "mic1"  # VCTK 0.92 microphone: mic1 | mic2
+    name: str = ""  # corpus name recorded in each Utterance; defaults to the folder name
+    features: str = "features"  # folder of the feature store
+    workers: int = 2  # processes used by `metatts prepare`
+    val_speakers: int = 2  # meta-validation speakers
+    test_speakers: int = 4  # meta-test (held-out) speakers
+    split_seed: int = 0  # seed of the speaker split
+    min_utterances_per_speaker: int = 10  # speakers with fewer usable utterances are left out of the splits
+    val_utterances: int = 1  # utterances per meta-train speaker held out for validation loss
+
+    def check(self, path: str = "data") -> None:
+        _require(self.layout in ("auto", "libritts", "vctk", "kaldi", "folder"), f"{path}.layout",
+                 f"unknown layout {self.layout!r}; choose auto, libritts, vctk, kaldi or folder")
+        _require(self.vctk_mic in ("mic1", "mic2"), f"{path}.vctk_mic", f"must be mic1 or mic2, got {self.vctk_mic!r}")
+        _require(self.workers >= 1, f"{path}.workers", "must be at least 1")
+        _require(self.val_speakers >= 0 and self.test_speakers >= 0, f"{path}.val_speakers",
+                 "speaker counts must be >= 0")
+        _require(self.min_utterances_per_speaker >= 1, f"{path}.min_utterances_per_speaker", "must be at least 1")
+        _require(self.val_utterances >= 0, f"{path}.val_utterances", "must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the speaker-conditioned FastSpeech2 acoustic model."""
+
+    preset: str = "tiny"  # tiny (learns on a CPU in minutes) | paper (Meta-TTS scale, for GPUs)
+    hidden: int = 128  # width of encoder, decoder and variance adaptor
+    encoder_layers: int = 2  # feed-forward transformer blocks in the encoder
+    decoder_layers: int = 2  # feed-forward transformer blocks in the decoder
+    heads: int = 2  # attention heads
+    conv_filter: int = 512  # inner width of the blocks' convolutional feed-forward
+    conv_kernel: int = 9  # kernel of the blocks' first feed-forward convolution
+    predictor_filter: int = 128  # width of the duration/pitch/energy predictors
+    predictor_kernel: int = 3  # kernel of the predictors' convolutions
+    pitch_bins: int = 128  # quantization bins of the pitch embedding
+    energy_bins: int = 128  # quantization bins of the energy embedding
+    speaker_dim: int = 64  # speaker embedding size
+    dropout: float = 0.1  # dropout in blocks and predictors
+    postnet: bool = False  # add the 5-layer convolutional postnet
+    max_speakers: int = 2048  # rows of the speaker table (meta-train speakers need one each)
+    speaker_groups: list[str] = field(default_factory=lambda: ["speaker_embedding", "speaker_norms"])  # groups a speaker owns
+
+    def check(self, path: str = "model") -> None:
+        _require(self.preset in ("tiny", "paper", "custom"), f"{path}.preset", "must be tiny, paper or custom")
+        _require(self.hidden > 0 and self.heads > 0, f"{path}.hidden", "hidden and heads must be positive")
+        _require(self.hidden % self.heads == 0, f"{path}.heads",
+                 f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        _require(self.encoder_layers >= 1 and self.decoder_layers >= 1, f"{path}.encoder_layers",
+                 "encoder and decoder need at least one layer")
+        _require(self.conv_kernel % 2 == 1 and self.predictor_kernel % 2 == 1, f"{path}.conv_kernel",
+                 "kernels must be odd so that lengths are kept")
+        _require(0 <= self.dropout < 1, f"{path}.dropout", "must be in [0, 1)")
+        _require(self.pitch_bins > 1 and self.energy_bins > 1, f"{path}.pitch_bins", "need at least 2 bins")
+        _require(len(self.speaker_groups) > 0, f"{path}.speaker_groups", "a speaker must own at least one group")
+
+
+@dataclass
+class MetaConfig:
+    """Episodes and the MAML inner/outer loops."""
+
+    shots: int = 5  # support utterances per task (N)
+    queries: int = 5  # query utterances per task (Q), disjoint from the support
+    meta_batch: int = 4  # tasks (speakers) per meta-update (B)
+    inner_steps: int = 5  # inner-loop SGD steps (k)
+    inner_lr: float = 0.1  # initial inner-loop learning rate (alpha)
+    learn_inner_lr: bool = True  # learn a per-parameter inner learning rate (Meta-SGD)
+    first_order: bool = False  # drop second-order terms of the meta-gradient
+    outer_lr: float = 3e-4  # outer Adam learning rate (beta)
+    steps: int = 2000  # meta-updates
+    seed: int = 0  # seed of the episode sampler
+
+    def check(self, path: str = "meta") -> None:
+        _require(self.shots >= 1, f"{path}.shots", "must be at least 1")
+        _require(self.queries >= 1, f"{path}.queries", "must be at least 1")
+        _require(self.meta_batch >= 1, f"{path}.meta_batch", "must be at least 1")
+        _require(self.inner_steps >= 0, f"{path}.inner_steps", "must be >= 0")
+        _require(self.inner_lr > 0 and self.outer_lr > 0, f"{path}.inner_lr", "learning rates must be positive")
+        _require(self.steps >= 0, f"{path}.steps", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Supervised multi-speaker training and run-time settings shared by training commands."""
+
+    steps: int = 3000  # optimizer updates
+    batch_size: int = 16  # utterances per batch
+    lr: float = 1e-3  # peak Adam learning rate
+    warmup_steps: int = 400  # linear warm-up to the peak learning rate
+    grad_clip: float = 1.0  # global gradient-norm clip
+    seed: int = 1234  # seed of parameters, dropout and sampling
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision when on CUDA (ignored on CPU)
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    log_every: int = 50  # steps between scalar logs
+    val_every: int = 500  # steps between validation passes
+    checkpoint_every: int = 500  # steps between checkpoints
+
+    def check(self, path: str = "train") -> None:
+        _require(self.steps >= 0, f"{path}.steps", "must be >= 0")
+        _require(self.batch_size >= 1, f"{path}.batch_size", "must be at least 1")
+        _require(self.lr > 0, f"{path}.lr", "must be positive")
+        _require(self.warmup_steps >= 0, f"{path}.warmup_steps", "must be >= 0")
+        _require(self.grad_clip > 0, f"{path}.grad_clip", "must be positive")
+        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), f"{path}.device",
+                 f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        _require(self.threads >= 0, f"{path}.threads", "must be >= 0")
+        _require(min(self.log_every, self.val_every, self.checkpoint_every) >= 1, f"{path}.log_every",
+                 "intervals must be at least 1")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of adaptation."""
+
+    step_grid: list[int] = field(default_factory=lambda: [0, 1, 2, 5, 10, 20, 50, 100])  # inner steps evaluated
+
+    def check(self, path: str = "eval") -> None:
+        _require(len(self.step_grid) > 0, f"{path}.step_grid", "must not be empty")
+        _require(all(s >= 0 for s in self.step_grid), f"{path}.step_grid", "steps must be >= 0")
+        _require(list(self.step_grid) == sorted(set(self.step_grid)), f"{path}.step_grid",
+                 "must be strictly increasing")
+
+
+@dataclass
+class Config:
+    """A whole run: one section per axis."""
+
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def check(self) -> None:
+        for name in ("audio", "text", "data", "model", "meta", "train", "eval"):
+            getattr(self, name).check(name)
+        # An episode needs shots + queries distinct utterances of one speaker.
+        _require(self.meta.shots + self.meta.queries <= self.data.min_utterances_per_speaker, "meta.shots",
+                 f"shots + queries = {self.meta.shots + self.meta.queries} is more than a speaker is guaranteed to "
+                 f"have (data.min_utterances_per_speaker = {self.data.min_utterances_per_speaker})")

@@ -106,6 +106,17 @@ class DataConfig:
         _require(self.val_utterances >= 0, f"{path}.val_utterances", "must be >= 0")
 
 
+# Values a model preset sets unless the recipe sets them itself. ``paper`` follows Meta-TTS's FastSpeech2
+# (encoder 4 layers, decoder 6, width 256, 2 heads, conv filter 1024) and is meant for GPUs.
+MODEL_PRESETS: dict[str, dict] = {
+    "tiny": {},
+    "paper": {"hidden": 256, "encoder_layers": 4, "decoder_layers": 6, "heads": 2, "conv_filter": 1024,
+              "conv_kernel": 9, "predictor_filter": 256, "pitch_bins": 256, "energy_bins": 256,
+              "speaker_dim": 256, "dropout": 0.2, "postnet": True},
+    "custom": {},
+}
+
+
 @dataclass
 class ModelConfig:
     """Sizes of the speaker-conditioned FastSpeech2 acoustic model."""

@@ -22,8 +22,13 @@ def _config(args: argparse.Namespace, extra: list[str] | None = None):
 def cmd_make_demo_corpus(args: argparse.Namespace) -> None:
     from metatts.corpus.demo import make_demo_corpus
 
-    info = make_demo_corpus(args.out, speakers=args.speakers, sentences_per_speaker=args.sentences, seed=args.seed)
-    print(info.summary() if hasattr(info, "summary") else info)
+    from tqdm import tqdm
+
+    with tqdm(total=args.speakers * args.sentences, desc="synthesize", unit="utt") as bar:
+        info = make_demo_corpus(args.out, speakers=args.speakers, sentences_per_speaker=args.sentences,
+                                seed=args.seed, progress=lambda *_: bar.update())
+    print(f"demo corpus: {len(info.speakers)} speakers, {info.utterances} utterances, {info.seconds / 60:.1f} min of "
+          f"audio at {info.sample_rate} Hz in {info.root} (LibriTTS layout; fingerprint {info.fingerprint[:12]})")
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:

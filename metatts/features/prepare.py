@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing as mp
-import os
 import sys
 import time
 from collections import Counter
@@ -159,7 +158,7 @@ def _phonemize_all(texts: list[str], config: Config, cache_path: Path, progress:
             cache = {}  # a damaged cache only costs time
     missing = sorted({t for t in texts if t not in cache})
     if missing:
-        phonemizer = Phonemizer(config.text)
+        phonemizer = Phonemizer(config.text, normalize=False)  # texts arrive normalized
         batch = config.text.phonemize_batch
         for start in tqdm(range(0, len(missing), batch), desc="phonemize", unit="batch", disable=not progress,
                           leave=False):
@@ -188,7 +187,7 @@ def prepare(config: Config, *, progress: bool = True, log=print) -> PrepareRepor
     normalized = {utt.id: normalize_text(utt.text) for utt in scan.utterances}
     phonemes = _phonemize_all(list(normalized.values()), config, root / "phoneme-cache.json", progress)
     report.stages["phonemes"] = time.perf_counter() - start
-    symbols = SymbolTable()
+    new_symbols: set[str] = set()
     jobs: list[_Job] = []
     audio_settings = dataclasses.asdict(config.audio)
     for utt in scan.utterances:
@@ -199,7 +198,7 @@ def prepare(config: Config, *, progress: bool = True, log=print) -> PrepareRepor
         if not phonemes.get(text):
             skipped.append(Skipped(utt.id, utt.audio_path, "text", f"nothing pronounceable in {utt.text!r}"))
             continue
-        symbols.extend(phonemes[text])
+        new_symbols.update(phonemes[text])
         jobs.append(_Job(utt, str(feature_path(root, utt.speaker, utt.id)), audio_settings))
 
     # Audio: extract in worker processes (or inline for one worker, which keeps tracebacks simple).
@@ -255,6 +254,8 @@ def prepare(config: Config, *, progress: bool = True, log=print) -> PrepareRepor
         "global": stats(global_f0, global_energy, len(entries)),
         "speakers": {name: stats(f0, energy, count.n) for name, (f0, energy, count) in sorted(per_speaker.items())},
     }, indent=1))
+    # The base table is fixed (stable ids across corpora); symbols it lacks are appended in sorted order.
+    symbols = SymbolTable().extended(sorted(new_symbols))
     write_atomic(root / "symbols.json", symbols.to_json())
     counts = {name: int(values[2].n) for name, values in per_speaker.items()}
     splits = load_or_make(root / "splits.json", counts, val_speakers=config.data.val_speakers,

@@ -47,6 +47,71 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     prepare(config, progress=not args.quiet)
 
 
+def _default_run(args: argparse.Namespace, kind: str) -> Path:
+    stem = Path(args.config).stem if args.config else "default"
+    return Path("runs") / stem / kind
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from metatts.train.supervised import train
+
+    extra = [f"data.features={args.features}"] if args.features else []
+    config = _config(args, extra)
+    if args.resume and args.init_from:
+        raise UserError("--resume continues this run; --init-from starts a new one from other weights: pick one")
+    run = Path(args.out) if args.out else _default_run(args, "train")
+    result = train(config, run, resume=args.resume, init_from=args.init_from, progress=not args.quiet,
+                   vocoder=_vocoder_or_none(args.vocoder, config))
+    last_val = result.val_losses[-1]["mel"] if result.val_losses else float("nan")
+    first_val = result.val_losses[0]["mel"] if result.val_losses else float("nan")
+    print(f"trained {result.step} steps in {result.seconds:.0f} s; validation mel L1 {first_val:.3f} -> "
+          f"{last_val:.3f}; checkpoint {run / 'checkpoint'}")
+
+
+def _vocoder_or_none(name: str | None, config):
+    if name == "none":
+        return None
+    from metatts.vocoder import load_vocoder
+
+    return load_vocoder(name, config.audio)
+
+
+def cmd_synthesize(args: argparse.Namespace) -> None:
+    from metatts.api import SynthesisError, load
+
+    if bool(args.text) == bool(args.text_file):
+        raise UserError("give exactly one of --text or --text-file")
+    if args.text_file:
+        path = Path(args.text_file)
+        if not path.is_file():
+            raise UserError(f"text file {path} does not exist")
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not lines:
+            raise UserError(f"text file {path} has no text")
+    else:
+        lines = [args.text]
+    tts = load(args.checkpoint, device=args.device, vocoder=args.vocoder)
+    params = None
+    if args.voice:
+        from metatts.adapt.voicepack import load_voice_pack
+
+        params = load_voice_pack(args.voice, args.checkpoint, tts.model).params
+    out = Path(args.out)
+    written = []
+    for index, line in enumerate(lines, start=1):
+        try:
+            speech = tts.synthesize(line, args.speaker, duration_scale=args.pace, params=params)
+        except SynthesisError as error:
+            if len(lines) == 1:
+                raise UserError(str(error)) from error
+            print(f"line {index}: skipped: {error}", file=sys.stderr)
+            continue
+        written.append(speech.save(out / f"{index:04d}.wav"))
+        print(f"{written[-1]}  {speech.seconds:.2f} s  {line[:60]}")
+    if not written:
+        raise UserError("no line of the text file could be synthesized")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metatts", description=__doc__.split(":")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="processes (overrides data.workers)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_prepare)
+
+    p = with_config(sub.add_parser("train", help="multi-speaker training of the acoustic model (the baseline)"))
+    p.add_argument("--features", help="feature store (overrides data.features)")
+    p.add_argument("--out", help="run folder (default runs/<config name>/train)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--init-from", metavar="CHECKPOINT", help="start from another checkpoint's weights only")
+    p.add_argument("--vocoder", default="griffinlim",
+                   help="vocoder for TensorBoard audio: griffinlim (default), hifigan, a path, or none")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("synthesize", help="text to speech with a trained checkpoint")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (e.g. runs/demo/train/checkpoint)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--speaker", help="a training speaker id (default: the new-speaker voice)")
+    who.add_argument("--voice", help="a voice pack made by `metatts adapt`")
+    p.add_argument("--text", help="text to speak; long text is split at sentence ends")
+    p.add_argument("--text-file", help="UTF-8 file: one wav per non-empty line")
+    p.add_argument("--out", required=True, help="output folder for the wavs")
+    p.add_argument("--vocoder", default=None, help="hifigan (default; Griffin-Lim if absent), griffinlim, or a path")
+    p.add_argument("--pace", type=float, default=1.0, help="duration scale: >1 slower, <1 faster")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_synthesize)
     return parser
 
 

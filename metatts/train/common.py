@@ -1,0 +1,95 @@
+"""What every training command shares: the prepared data of a run, model construction, schedule, logging."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metatts.config import Config
+from metatts.corpus.splits import SpeakerSplits
+from metatts.episodes.collate import Collator, Normalizer
+from metatts.features.store import FeatureStore, ManifestEntry, StoreError
+from metatts.model.acoustic import AcousticModel
+from metatts.runtime.checkpoint import CheckpointMeta
+from metatts.text.symbols import SymbolTable
+
+
+@dataclass
+class RunData:
+    """A prepared feature store seen through one config: splits, speaker rows, train/validation utterances."""
+
+    store: FeatureStore
+    splits: SpeakerSplits
+    symbols: SymbolTable
+    normalizer: Normalizer
+    speakers: list[str]  # meta-train speakers; their index is their row in the speaker table
+    train: list[ManifestEntry]
+    val: list[ManifestEntry]
+    collator: Collator
+
+    @classmethod
+    def load(cls, config: Config) -> "RunData":
+        root = Path(config.data.features)
+        store = FeatureStore(root)
+        splits_path = root / "splits.json"
+        if not splits_path.is_file():
+            raise StoreError(f"{root} has no splits.json: re-run `metatts prepare`")
+        splits = SpeakerSplits.load(splits_path)
+        symbols = SymbolTable.from_json(store.symbols_json)
+        normalizer = Normalizer.from_dict(json.loads((root / "stats.json").read_text())["global"])
+        speakers = sorted(s for s in splits.train if s in store.speakers())
+        if not speakers:
+            raise StoreError(f"{root}: no meta-train speaker has prepared utterances")
+        if len(speakers) > config.model.max_speakers:
+            raise StoreError(f"{len(speakers)} meta-train speakers but model.max_speakers = "
+                             f"{config.model.max_speakers}: raise it")
+        by_speaker = store.speakers()
+        train, val = [], []
+        for speaker in speakers:
+            entries = sorted(by_speaker[speaker], key=lambda e: e.id)
+            # Held-out utterances per speaker: a seeded choice, so the validation set is fixed for a config.
+            held = set(random.Random(f"{config.data.split_seed}:val:{speaker}").sample(
+                [e.id for e in entries], min(config.data.val_utterances, len(entries) - 1)))
+            for entry in entries:
+                (val if entry.id in held else train).append(entry)
+        rows = {s: i for i, s in enumerate(speakers)}
+        return cls(store, splits, symbols, normalizer, speakers, train, val,
+                   Collator(store, symbols, rows, normalizer))
+
+
+def build_model(config: Config, n_symbols: int) -> AcousticModel:
+    """The acoustic model of a config. Pitch/energy targets are z-scored, so their embedding bins span ±4 sd."""
+    return AcousticModel(config.model, n_symbols=n_symbols, n_mels=config.audio.n_mels)
+
+
+def checkpoint_meta(config: Config, data: RunData, step: int, kind: str) -> CheckpointMeta:
+    from metatts.config import config_to_dict
+
+    return CheckpointMeta(config=config_to_dict(config), symbols=data.symbols.to_json(),
+                          stats=data.normalizer.to_dict(), speakers=list(data.speakers), step=step, kind=kind)
+
+
+def warmup_inverse_sqrt(step: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up to 1, then decay as 1/sqrt(step/warmup) (the Transformer schedule
+    FastSpeech 2 uses; it keeps adapting late in training instead of freezing like a fixed decay to zero)."""
+    step = step + 1
+    if warmup <= 0:
+        return 1.0
+    return min(step / warmup, math.sqrt(warmup / step))
+
+
+def mel_image(mel: torch.Tensor) -> np.ndarray:
+    """[n_mels, T] log-mel → [3, H, W] uint8 image for TensorBoard (low frequencies at the bottom)."""
+    from matplotlib import colormaps
+
+    values = mel.detach().float().cpu().numpy()[::-1]
+    lo, hi = np.percentile(values, 1), np.percentile(values, 99.5)
+    scaled = np.clip((values - lo) / max(hi - lo, 1e-6), 0, 1)
+    rgb = colormaps["magma"](scaled)[..., :3]
+    return (rgb.transpose(2, 0, 1) * 255).astype(np.uint8)

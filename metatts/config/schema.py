@@ -191,6 +191,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision when on CUDA (ignored on CPU)
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    bin_loss_start: int = 1000  # step at which the aligner's binarization loss starts (after the soft alignment forms)
+    bin_loss_ramp: int = 500  # steps over which the binarization loss weight ramps from 0 to 1
     log_every: int = 50  # steps between scalar logs
     val_every: int = 500  # steps between validation passes
     checkpoint_every: int = 500  # steps between checkpoints
@@ -204,6 +206,8 @@ class TrainConfig:
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), f"{path}.device",
                  f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         _require(self.threads >= 0, f"{path}.threads", "must be >= 0")
+        _require(self.bin_loss_start >= 0 and self.bin_loss_ramp >= 1, f"{path}.bin_loss_start",
+                 "bin_loss_start must be >= 0 and bin_loss_ramp >= 1")
         _require(min(self.log_every, self.val_every, self.checkpoint_every) >= 1, f"{path}.log_every",
                  "intervals must be at least 1")
 

@@ -44,9 +44,9 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _bin_weight(step: int, steps: int) -> float:
-    """The aligner's binarization loss is off while the soft alignment forms, then ramps in (RAD-TTS)."""
-    start, ramp = 0.2 * steps, max(0.1 * steps, 1)
+def _bin_weight(step: int, start: int, ramp: int) -> float:
+    """The aligner's binarization loss is off while the soft alignment forms, then ramps in (RAD-TTS). It depends
+    on the step alone (not the run length), so extending a run with --resume keeps the same schedule."""
     return min(max((step - start) / ramp, 0.0), 1.0)
 
 
@@ -148,7 +148,7 @@ def train(config: Config, run: str | Path, *, resume: bool = False, init_from: s
                desc="train", unit="step", disable=not progress)
     try:
         for step in bar:
-            loss_fn.weights.bin = _bin_weight(step, config.train.steps)
+            loss_fn.weights.bin = _bin_weight(step, config.train.bin_loss_start, config.train.bin_loss_ramp)
             batch = data.collator(sampler.batch(step)).to(device)
             with torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext():
                 terms = loss_fn(model(batch), batch)

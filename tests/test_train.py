@@ -1,0 +1,105 @@
+"""`metatts train` and synthesis on a tiny model: resume exactness, checkpoint round trip, audio length, errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from metatts.api import SynthesisError, load
+from metatts.cli import main
+from metatts.config import config_from_dict
+from metatts.corpus.demo import espeak_synthesize
+from metatts.features.prepare import prepare
+from metatts.runtime.checkpoint import CheckpointError
+from metatts.train.supervised import train
+
+TEXTS = ["The cat sat on the mat.", "A quick brown fox jumps.", "We like green apples.", "Rain falls on the hill."]
+TINY = ["model.preset=custom", "model.hidden=32", "model.heads=2", "model.encoder_layers=1", "model.decoder_layers=1",
+        "model.conv_filter=64", "model.predictor_filter=32", "model.speaker_dim=16", "model.pitch_bins=16",
+        "model.energy_bins=16", "model.max_speakers=8", "train.batch_size=4", "train.warmup_steps=2",
+        "train.log_every=1", "train.val_every=3", "train.checkpoint_every=3", "train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    for voice in ("m1", "f2", "m3"):
+        folder = root / "corpus" / voice
+        folder.mkdir(parents=True)
+        for i, text in enumerate(TEXTS):
+            wave, rate = espeak_synthesize(text, f"en-us+{voice}")
+            sf.write(folder / f"{voice}_{i}.wav", wave, rate)
+            (folder / f"{voice}_{i}.txt").write_text(text)
+    config = config_from_dict({}, [f"data.corpus={root / 'corpus'}", f"data.features={root / 'store'}",
+                                   "data.layout=folder", "data.workers=1", "data.val_speakers=0",
+                                   "data.test_speakers=0", "data.min_utterances_per_speaker=2", "meta.shots=1",
+                                   "meta.queries=1"])
+    prepare(config, progress=False, log=lambda *_: None)
+    return root / "store"
+
+
+def _config(store: Path, steps: int, *extra: str):
+    return config_from_dict({}, [f"data.features={store}", f"train.steps={steps}", "data.min_utterances_per_speaker=2",
+                                 "meta.shots=1", "meta.queries=1", *TINY, *extra])
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(store, tmp_path):
+    whole = train(_config(store, 6), tmp_path / "whole", progress=False, log=lambda *_: None)
+    train(_config(store, 3), tmp_path / "split", progress=False, log=lambda *_: None)
+    resumed = train(_config(store, 6), tmp_path / "split", resume=True, progress=False, log=lambda *_: None)
+    assert [r["total"] for r in resumed.train_losses] == [r["total"] for r in whole.train_losses[3:]]
+    a = load_file(str(tmp_path / "whole/checkpoint/model.safetensors"))
+    b = load_file(str(tmp_path / "split/checkpoint/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_lowers_the_loss_and_resume_needs_state(store, tmp_path):
+    result = train(_config(store, 40, "train.lr=3e-3", "train.val_every=40"), tmp_path / "run", progress=False,
+                   log=lambda *_: None)
+    first, last = result.train_losses[0]["mel"], np.mean([r["mel"] for r in result.train_losses[-3:]])
+    assert last < 0.75 * first, (first, last)
+    (tmp_path / "run/checkpoint/state.pt").unlink()
+    with pytest.raises(CheckpointError, match="--init-from"):
+        train(_config(store, 41), tmp_path / "run", resume=True, progress=False, log=lambda *_: None)
+
+
+def test_init_from_a_checkpoint_of_another_config_is_refused(store, tmp_path):
+    train(_config(store, 1), tmp_path / "a", progress=False, log=lambda *_: None)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        train(_config(store, 1, "model.hidden=48"), tmp_path / "b", init_from=tmp_path / "a/checkpoint",
+              progress=False, log=lambda *_: None)
+
+
+def test_synthesized_audio_length_matches_the_predicted_durations(store, tmp_path):
+    train(_config(store, 2), tmp_path / "run", progress=False, log=lambda *_: None)
+    tts = load(tmp_path / "run/checkpoint", vocoder="griffinlim")
+    speech = tts.synthesize("The cat sat. We like apples!", speaker="f2")
+    assert len(speech.sentences) == 2
+    hop = tts.config.audio.hop_length
+    gap = int(0.15 * tts.sample_rate)
+    assert len(speech.wave) == sum(m.shape[-1] * hop for m in speech.mels) + gap
+    # The checkpoint reproduces the trained model: same mel from the loaded weights twice.
+    again = load(tmp_path / "run/checkpoint", vocoder="griffinlim").mels("The cat sat.", "f2")[1][0]
+    assert torch.allclose(again, tts.mels("The cat sat.", "f2")[1][0])
+    with pytest.raises(SynthesisError, match="unknown speaker 'nobody'.*m1"):
+        tts.synthesize("Hello.", speaker="nobody")
+    with pytest.raises(SynthesisError, match="empty"):
+        tts.synthesize("   ", speaker="m1")
+
+
+def test_cli_synthesize_from_a_text_file_and_errors_exit_2(store, tmp_path, capsys):
+    train(_config(store, 1), tmp_path / "run", progress=False, log=lambda *_: None)
+    lines = tmp_path / "lines.txt"
+    lines.write_text("Hello there.\n\n...\nGood night.\n")
+    checkpoint = str(tmp_path / "run/checkpoint")
+    args = ["synthesize", "--checkpoint", checkpoint, "--vocoder", "griffinlim", "--out", str(tmp_path / "wav")]
+    assert main(args + ["--text-file", str(lines), "--speaker", "m1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "wav").glob("*.wav")) == ["0001.wav", "0003.wav"]
+    assert "line 2: skipped" in capsys.readouterr().err
+    assert main(args + ["--text", "hi", "--speaker", "ghost"]) == 2
+    assert "unknown speaker" in capsys.readouterr().err
+    assert main(["synthesize", "--checkpoint", str(tmp_path), "--text", "hi", "--out", str(tmp_path)]) == 2
+    assert "not a metatts checkpoint" in capsys.readouterr().err

@@ -77,7 +77,7 @@ class TTS:
         meta = read_meta(checkpoint)
         config = config_from_dict(meta.config)
         torch_device = resolve_device(device)
-        model = build_model(config, len(SymbolTable.from_json(meta.symbols)))
+        model = build_model(config, len(SymbolTable.from_json(meta.symbols)), len(meta.speakers))
         load_weights(checkpoint, model)
         tts = cls(model.to(torch_device), meta, torch_device)
         tts._vocoder_name = vocoder

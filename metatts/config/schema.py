@@ -137,7 +137,9 @@ class ModelConfig:
     speaker_dim: int = 64  # speaker embedding size
     dropout: float = 0.1  # dropout in blocks and predictors
     postnet: bool = False  # add the 5-layer convolutional postnet
-    max_speakers: int = 2048  # rows of the speaker table (meta-train speakers need one each)
+    max_speakers: int = 2048  # upper limit on meta-train speakers; the table gets one row per meta-train speaker
+    new_speaker_prob: float = 0.1  # share of training utterances routed to the new-speaker slot (learns phi0)
+    condition_variance_adaptor: bool = False  # speaker-conditional layer norms in the variance predictors too
     speaker_groups: list[str] = field(default_factory=lambda: ["speaker_embedding", "speaker_norms"])  # groups a speaker owns
 
     def check(self, path: str = "model") -> None:
@@ -150,6 +152,8 @@ class ModelConfig:
         _require(self.conv_kernel % 2 == 1 and self.predictor_kernel % 2 == 1, f"{path}.conv_kernel",
                  "kernels must be odd so that lengths are kept")
         _require(0 <= self.dropout < 1, f"{path}.dropout", "must be in [0, 1)")
+        _require(0 <= self.new_speaker_prob <= 1, f"{path}.new_speaker_prob", "must be in [0, 1]")
+        _require(self.max_speakers >= 1, f"{path}.max_speakers", "must be at least 1")
         _require(self.pitch_bins > 1 and self.energy_bins > 1, f"{path}.pitch_bins", "need at least 2 bins")
         _require(len(self.speaker_groups) > 0, f"{path}.speaker_groups", "a speaker must own at least one group")
 
@@ -164,10 +168,13 @@ class MetaConfig:
     inner_steps: int = 5  # inner-loop SGD steps (k)
     inner_lr: float = 0.1  # initial inner-loop learning rate (alpha)
     learn_inner_lr: bool = True  # learn a per-parameter inner learning rate (Meta-SGD)
+    inner_lr_mode: str = "per_parameter"  # learned rates: per_parameter (one per element, Meta-SGD) | per_tensor
     first_order: bool = False  # drop second-order terms of the meta-gradient
     outer_lr: float = 3e-4  # outer Adam learning rate (beta)
     steps: int = 2000  # meta-updates
     seed: int = 0  # seed of the episode sampler
+    val_tasks: int = 4  # fixed meta-validation episodes per meta-val speaker
+    max_bad_steps: int = 10  # consecutive meta-steps with a non-finite loss or gradient before training stops
 
     def check(self, path: str = "meta") -> None:
         _require(self.shots >= 1, f"{path}.shots", "must be at least 1")
@@ -176,6 +183,10 @@ class MetaConfig:
         _require(self.inner_steps >= 0, f"{path}.inner_steps", "must be >= 0")
         _require(self.inner_lr > 0 and self.outer_lr > 0, f"{path}.inner_lr", "learning rates must be positive")
         _require(self.steps >= 0, f"{path}.steps", "must be >= 0")
+        _require(self.inner_lr_mode in ("per_parameter", "per_tensor"), f"{path}.inner_lr_mode",
+                 f"must be per_parameter or per_tensor, got {self.inner_lr_mode!r}")
+        _require(self.val_tasks >= 0, f"{path}.val_tasks", "must be >= 0 (0 turns meta-validation off)")
+        _require(self.max_bad_steps >= 1, f"{path}.max_bad_steps", "must be at least 1")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -63,9 +64,17 @@ class RunData:
                    Collator(store, symbols, rows, normalizer))
 
 
-def build_model(config: Config, n_symbols: int) -> AcousticModel:
-    """The acoustic model of a config. Pitch/energy targets are z-scored, so their embedding bins span ±4 sd."""
-    return AcousticModel(config.model, n_symbols=n_symbols, n_mels=config.audio.n_mels)
+def build_model(config: Config, n_symbols: int, n_speakers: int | None = None) -> AcousticModel:
+    """The acoustic model of a config, with one speaker-table row per training speaker (``n_speakers``; the
+    config's ``max_speakers`` when not given). Pitch/energy targets are z-scored, so their bins span ±4 sd."""
+    model_config = config.model
+    if n_speakers is not None:
+        if n_speakers > model_config.max_speakers:
+            raise ValueError(f"{n_speakers} training speakers but model.max_speakers = {model_config.max_speakers}")
+        model_config = dataclasses.replace(model_config, max_speakers=max(n_speakers, 1))
+    return AcousticModel(model_config, n_symbols=n_symbols, n_mels=config.audio.n_mels,
+                         new_speaker_prob=model_config.new_speaker_prob,
+                         condition_variance_adaptor=model_config.condition_variance_adaptor)
 
 
 def checkpoint_meta(config: Config, data: RunData, step: int, kind: str) -> CheckpointMeta:

@@ -104,7 +104,7 @@ def train(config: Config, run: str | Path, *, resume: bool = False, init_from: s
     set_threads(config.train.threads)
     seed_everything(config.train.seed)
     data = RunData.load(config)
-    model = build_model(config, len(data.symbols)).to(device)
+    model = build_model(config, len(data.symbols), len(data.speakers)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, betas=(0.9, 0.98), eps=1e-9)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_inverse_sqrt(s, config.train.warmup_steps))

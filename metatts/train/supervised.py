@@ -178,6 +178,7 @@ def train(config: Config, run: str | Path, *, resume: bool = False, init_from: s
                 record = {"step": done, **values}
                 result.train_losses.append(record)
                 log_file.write(json.dumps({"kind": "train", **record}) + "\n")
+                log_file.flush()
                 bar.set_postfix(mel=f"{values['mel']:.3f}", total=f"{values['total']:.3f}")
             if done % config.train.val_every == 0 or done == config.train.steps:
                 # Validation must not move the training RNG, or a resumed run would diverge from this one.

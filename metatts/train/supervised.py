@@ -137,7 +137,7 @@ def train(config: Config, run: str | Path, *, resume: bool = False, init_from: s
     result = TrainResult(run=run, step=start_step, skipped_steps=skipped)
     consecutive_bad = 0
     model.train()
-    log_file = (run / "log.jsonl").open("a")
+    log_file = (run / "log.jsonl").open("a", buffering=1)  # line-buffered: readable while training
 
     def save(step: int) -> None:
         state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
@@ -178,7 +178,6 @@ def train(config: Config, run: str | Path, *, resume: bool = False, init_from: s
                 record = {"step": done, **values}
                 result.train_losses.append(record)
                 log_file.write(json.dumps({"kind": "train", **record}) + "\n")
-                log_file.flush()
                 bar.set_postfix(mel=f"{values['mel']:.3f}", total=f"{values['total']:.3f}")
             if done % config.train.val_every == 0 or done == config.train.steps:
                 # Validation must not move the training RNG, or a resumed run would diverge from this one.

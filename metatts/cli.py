@@ -91,11 +91,9 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
     else:
         lines = [args.text]
     tts = load(args.checkpoint, device=args.device, vocoder=args.vocoder)
-    params = None
-    if args.voice:
-        from metatts.adapt.voicepack import load_voice_pack
-
-        params = load_voice_pack(args.voice, args.checkpoint, tts.model).params
+    if args.alpha != 1.0 and not args.voice:
+        raise UserError("--alpha blends a voice pack with its initialization: give --voice too")
+    params = tts.voice_params(args.voice, args.alpha) if args.voice else None
     out = Path(args.out)
     written = []
     for index, line in enumerate(lines, start=1):
@@ -110,6 +108,92 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
         print(f"{written[-1]}  {speech.seconds:.2f} s  {line[:60]}")
     if not written:
         raise UserError("no line of the text file could be synthesized")
+
+
+def cmd_adapt(args: argparse.Namespace) -> None:
+    import time
+
+    import torch
+
+    from metatts.api import load
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    tts = load(args.checkpoint, device=args.device)
+    groups = [g.strip() for item in args.groups or [] for g in item.split(",") if g.strip()] or None
+    voice = tts.adapt(args.clips, transcripts=args.transcripts, steps=args.steps, lr=args.lr, groups=groups,
+                      optimizer=args.optimizer, l2_anchor=args.l2, seed=args.seed, unknown=args.unknown)
+    for line in voice.clips.report():
+        print(line)
+    info = voice.info
+    print(f"adapted {', '.join(info['groups'])} with {args.steps} {args.optimizer} steps (lr: {info['lr']}"
+          f"{f', L2 to init {args.l2:g}' if args.l2 else ''})")
+    print("support loss per step: " + "  ".join(f"{k}:{v:.4f}" for k, v in enumerate(voice.losses)))
+    path = voice.save(args.out)
+    print(f"time: features {info['feature_seconds']:.2f} s, adaptation {info['adapt_seconds']:.2f} s (aligner + "
+          f"{args.steps} steps, {torch.get_num_threads()} threads), whole command "
+          f"{time.perf_counter() - started:.1f} s")
+    print(f"voice pack {path}: {path.stat().st_size} bytes ({voice.bytes} bytes of tensors in {len(voice.params)} "
+          f"tensors); use it with `metatts synthesize --checkpoint {args.checkpoint} --voice {path} ...`")
+
+
+def cmd_meta_train(args: argparse.Namespace) -> None:
+    from metatts.meta.outer_loop import MetaTrainingError, meta_train
+
+    extra = [f"data.features={args.features}"] if args.features else []
+    config = _config(args, extra)
+    if args.resume and args.init_from:
+        raise UserError("--resume continues this run; --init-from starts a new one from other weights: pick one")
+    run = Path(args.out) if args.out else _default_run(args, "meta")
+    try:
+        result = meta_train(config, run, resume=args.resume, init_from=args.init_from, progress=not args.quiet)
+    except MetaTrainingError as error:
+        raise UserError(str(error)) from error
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun rank 0 reports
+    curve = ""
+    if result.val:
+        first, last = result.val[0], result.val[-1]
+        curve = (f"; meta-val query mel L1 after {first['steps'][-1]} inner steps {first['mel'][-1]:.3f} (step "
+                 f"{first['step']}) -> {last['mel'][-1]:.3f} (step {last['step']})")
+    print(f"meta-trained to step {result.step} in {result.seconds:.0f} s ({result.skipped_steps} skipped){curve}; "
+          f"checkpoint {run / 'checkpoint'}")
+
+
+def cmd_tasks(args: argparse.Namespace) -> None:
+    import json
+
+    from metatts.corpus.splits import SpeakerSplits
+    from metatts.episodes.tasks import episodes_digest, frozen_episodes, load_task_suite
+    from metatts.features.store import FeatureStore
+
+    suite = load_task_suite(args.suite, features=args.features)
+    store = FeatureStore(suite.features)
+    splits = SpeakerSplits.load(Path(suite.features) / "splits.json")
+    episodes = frozen_episodes(suite, store, splits, log=lambda m: print(m, file=sys.stderr))
+    grid = [int(s) for s in args.steps.split(",")] if args.steps else suite.step_grid
+    print(f"suite {suite.name}: {len(episodes)} episodes from {len({e.speaker for e in episodes})} {suite.split} "
+          f"speakers ({suite.shots} shots, {suite.queries} queries), digest {episodes_digest(episodes)}")
+    if args.list:
+        for e in episodes:
+            print(f"{e.speaker}\tsupport {' '.join(e.support)}\tquery {' '.join(e.query)}")
+    if not args.checkpoint:
+        return
+    from metatts.meta.outer_loop import checkpoint_curve
+
+    report = {"suite": suite.name, "features": suite.features, "digest": episodes_digest(episodes), "steps": grid,
+              "inner_lr": args.inner_lr, "checkpoints": {}}
+    print("query mel L1 after k inner steps (mean over episodes)")
+    print("checkpoint".ljust(40) + "".join(f"{f'k={k}':>9}" for k in grid))
+    for checkpoint in args.checkpoint:
+        curve = checkpoint_curve(checkpoint, episodes, store, grid, inner_lr=args.inner_lr, device=args.device)
+        report["checkpoints"][checkpoint] = curve.to_dict()
+        print(str(checkpoint)[-40:].ljust(40) + "".join(f"{v:9.4f}" for v in curve.mean("mel")))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,9 +239,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-file", help="UTF-8 file: one wav per non-empty line")
     p.add_argument("--out", required=True, help="output folder for the wavs")
     p.add_argument("--vocoder", default=None, help="hifigan (default; Griffin-Lim if absent), griffinlim, or a path")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="with --voice: (1-alpha)*initial + alpha*adapted speaker tensors (default 1)")
     p.add_argument("--pace", type=float, default=1.0, help="duration scale: >1 slower, <1 faster")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("adapt", help="adapt a new voice from a few clips into a voice pack (a few KB)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (meta-train or train)")
+    p.add_argument("--clips", required=True, nargs="+", metavar="DIR|FILE",
+                   help="audio files and/or folders of wav/flac/ogg files")
+    p.add_argument("--transcripts", metavar="F",
+                   help="TSV file of clip_name<TAB>text lines, or a folder of <stem>.txt files (default: a <clip>.txt "
+                        "beside each clip)")
+    p.add_argument("--steps", type=int, default=10, help="adaptation steps (default 10)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the checkpoint's learned inner rates, else its "
+                                            "meta.inner_lr; for adam 1e-2)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd: the meta-learned inner loop "
+                                                                               "(default); adam: for many steps")
+    p.add_argument("--l2", type=float, default=0.0, metavar="LAMBDA",
+                   help="pull toward the initialization, LAMBDA * |phi - phi0|^2 (default 0)")
+    p.add_argument("--groups", nargs="+", metavar="GROUP",
+                   help="parameter groups or name patterns to adapt (default: the config's model.speaker_groups)")
+    p.add_argument("--unknown", choices=("skip", "unk"), default="skip",
+                   help="clips with phonemes unknown to the checkpoint: skip them (default) or read them as <unk>")
+    p.add_argument("--seed", type=int, default=0, help="seed (adaptation runs without dropout, so rarely matters)")
+    p.add_argument("--out", required=True, help="voice pack file to write (.safetensors)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.set_defaults(func=cmd_adapt)
+    p = with_config(sub.add_parser("meta-train", help="MAML meta-training of the speaker group (also under torchrun)"))
+    p.add_argument("--features", help="feature store (overrides data.features)")
+    p.add_argument("--out", help="run folder (default runs/<config name>/meta)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--init-from", metavar="CHECKPOINT", help="start from a checkpoint's weights (e.g. metatts train)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_meta_train)
+
+    p = sub.add_parser("tasks", help="a few-shot task suite: its frozen episodes, and adaptation curves of checkpoints")
+    p.add_argument("suite", help="task suite YAML (tasks/*.yaml)")
+    p.add_argument("--features", help="feature store (overrides the suite's features)")
+    p.add_argument("--list", action="store_true", help="print every episode's support and query ids")
+    p.add_argument("--checkpoint", action="append", metavar="CHECKPOINT",
+                   help="adapt this checkpoint on every episode and report the query loss per step (repeatable)")
+    p.add_argument("--steps", help="comma-separated inner-step counts (default: the suite's step_grid)")
+    p.add_argument("--inner-lr", type=float, help="SGD inner rate for all checkpoints (default: each one's own)")
+    p.add_argument("--json", help="write the curves (per episode) to this JSON file")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.set_defaults(func=cmd_tasks)
     return parser
 
 

@@ -96,6 +96,13 @@ class DataConfig:
     split_seed: int = 0  # seed of the speaker split
     min_utterances_per_speaker: int = 10  # speakers with fewer usable utterances are left out of the splits
     val_utterances: int = 1  # utterances per meta-train speaker held out for validation loss
+    # Folder of Montreal Forced Aligner TextGrids (`<speaker>/<utt>.TextGrid` or `<utt>.TextGrid`, any depth);
+    # when set, phonemes and durations come from them and utterances without a TextGrid are skipped.
+    textgrids: str = ""
+    textgrid_tier: str = "phones"  # interval tier holding the phones (MFA's "<speaker> - phones" also matches)
+    # Symbol that silence intervals ("", sil, sp, spn) inside an utterance become (adjacent ones merged); silence
+    # at the start or end of the trimmed audio joins the first/last phone. Empty: every silence joins its neighbours.
+    textgrid_silence: str = ","
 
     def check(self, path: str = "data") -> None:
         _require(self.layout in ("auto", "libritts", "vctk", "kaldi", "folder"), f"{path}.layout",
@@ -106,6 +113,10 @@ class DataConfig:
                  "speaker counts must be >= 0")
         _require(self.min_utterances_per_speaker >= 1, f"{path}.min_utterances_per_speaker", "must be at least 1")
         _require(self.val_utterances >= 0, f"{path}.val_utterances", "must be >= 0")
+        _require(bool(self.textgrid_tier.strip()), f"{path}.textgrid_tier", "must name an interval tier")
+        _require(not any(c.isspace() for c in self.textgrid_silence)
+                 and self.textgrid_silence not in ("<pad>", "<unk>"), f"{path}.textgrid_silence",
+                 f"must be one symbol without spaces, not <pad> or <unk> (or empty), got {self.textgrid_silence!r}")
 
 
 # Values a model preset sets unless the recipe sets them itself. ``paper`` follows Meta-TTS's FastSpeech2

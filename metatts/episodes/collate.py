@@ -1,5 +1,8 @@
 """Utterances of a feature store → padded ``Batch`` for the acoustic model.
 
+A store prepared from TextGrids has frames per phoneme in its manifest; the batch then carries them
+(``Batch.durations``, padded with 0) and the model uses them instead of its built-in aligner.
+
 Pitch and energy are normalized here with the store's *global* statistics (not per speaker): per-speaker
 normalization would remove the pitch level that makes a voice recognizable, which is what adaptation must learn.
 """
@@ -81,6 +84,17 @@ class Collator:
             self.cached_bytes += size
         return item
 
+    def durations(self, ids: list[str]) -> torch.Tensor | None:
+        """[B, L] frames per phoneme from the manifest (0 at padding), or None when the store has none."""
+        given = [self.store.by_id[i].durations for i in ids]
+        if all(d is None for d in given):
+            return None
+        if any(d is None for d in given):
+            missing = [i for i, d in zip(ids, given) if d is None]
+            raise ValueError(f"a batch mixes utterances with and without durations ({missing[:3]} have none): "
+                             f"prepare the store again so that every utterance is aligned the same way")
+        return pad_stack([torch.tensor(d, dtype=torch.long) for d in given])
+
     def __call__(self, ids: list[str], new_speaker: bool = False) -> Batch:
         """A batch of ``ids``; with ``new_speaker`` every sample uses the new-speaker slot (adaptation)."""
         items = [self.item(i) for i in ids]
@@ -94,4 +108,5 @@ class Collator:
             pitch=pad_stack([f for _, _, f, _ in items]),
             energy=pad_stack([e for _, _, _, e in items]),
             speakers=torch.tensor(speakers, dtype=torch.long),
+            durations=self.durations(ids),
         )

@@ -32,7 +32,9 @@ class FrameFeatures:
 
     mel: [n_mels, T] float32 natural-log mel (HiFi-GAN convention); pitch: [T] float32 F0 in Hz, 0 where
     unvoiced; voiced: [T] bool; energy: [T] float32 L2 norm over frequency of the STFT magnitude;
-    duration_seconds: length of the conditioned (trimmed) waveform the features were computed from.
+    duration_seconds: length of the conditioned (trimmed) waveform the features were computed from;
+    trim_start_seconds: where that waveform begins in the input (leading silence trimmed), so times of the input
+    (e.g. a TextGrid's) map to frames as ``(t - trim_start_seconds) * sample_rate / hop_length``.
     """
 
     mel: np.ndarray
@@ -41,6 +43,7 @@ class FrameFeatures:
     energy: np.ndarray
     duration_seconds: float
     n_frames: int
+    trim_start_seconds: float = 0.0
 
 
 @contextmanager
@@ -74,6 +77,10 @@ class FeatureExtractor:
 
         Raises ``SilentAudio``, ``TooShort`` or ``TooLong`` (all ``AudioError``) with the reason.
         """
+        return self._condition(wave, timings)[0]
+
+    def _condition(self, wave: np.ndarray, timings: dict[str, float] | None) -> tuple[np.ndarray, float]:
+        """``condition``, and the seconds of leading audio it trimmed."""
         a = self.audio
         with _timed(timings, "condition"):
             bounds = silence_bounds(wave, a.trim_top_db, margin=self.trim_margin)
@@ -87,7 +94,7 @@ class FeatureExtractor:
             if seconds > a.max_seconds:
                 raise TooLong(f"too long: {seconds:.2f} s after trimming (max_seconds = {a.max_seconds})")
             wave = normalize_loudness(wave, a.target_dbfs, a.peak_limit)
-        return wave
+        return wave, bounds.start / a.sample_rate
 
     @torch.inference_mode()
     def features(self, wave: np.ndarray, timings: dict[str, float] | None = None) -> FrameFeatures:
@@ -108,7 +115,10 @@ class FeatureExtractor:
 
     def __call__(self, wave: np.ndarray, timings: dict[str, float] | None = None) -> FrameFeatures:
         """Features of a mono waveform at ``audio.sample_rate``: condition, then extract."""
-        return self.features(self.condition(wave, timings), timings)
+        conditioned, trim_start = self._condition(wave, timings)
+        features = self.features(conditioned, timings)
+        features.trim_start_seconds = trim_start
+        return features
 
     def from_file(self, path: str | os.PathLike, timings: dict[str, float] | None = None) -> FrameFeatures:
         """Features of an audio file; any ``AudioError`` names ``path``."""

@@ -8,6 +8,15 @@ Order of work, and why:
    config; a file whose key matches is reused, so a changed config re-extracts and a re-run skips finished work.
 4. Write manifest, statistics, symbol table, splits and report last, each atomically: a store whose run was
    killed has no new manifest, and the next run picks up the finished files.
+
+With ``data.textgrids`` (Montreal Forced Aligner output) the phonemes and durations come from the TextGrids
+instead of the phonemizer and the built-in aligner. TextGrids are read in the main process before extraction (a
+missing or unreadable one skips its utterance without touching the audio); durations are computed after it, from
+the frame count and the trimmed leading seconds in each file's summary, and are stored in the manifest -- so the
+feature files, and their cache, do not depend on the TextGrids. Silence rule: silence intervals ("", sil, sp,
+spn) inside the utterance become ``data.textgrid_silence`` (a pause symbol, "," by default; adjacent ones merged);
+silence at either edge of the trimmed audio is merged into the first/last phone, as the phonemizer never starts
+or ends a sentence with a pause and the built-in aligner gives those frames to the edge phonemes too.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from metatts.align.textgrid import PhoneDurations, TextGridError, Tier, phone_durations, read_textgrid
 from metatts.config import Config, save_config
 from metatts.corpus.readers import read_corpus
 from metatts.corpus.splits import load_or_make
@@ -110,10 +120,11 @@ class _Result:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _summarize(key: str, pitch: np.ndarray, voiced: np.ndarray, energy: np.ndarray, seconds: float) -> FileSummary:
+def _summarize(key: str, pitch: np.ndarray, voiced: np.ndarray, energy: np.ndarray, seconds: float,
+               trim_start_seconds: float) -> FileSummary:
     log_f0 = np.log(pitch[voiced.astype(bool)]) if voiced.any() else np.zeros(0)
     return FileSummary(key=key, frames=int(pitch.shape[0]), seconds=seconds,
-                       log_f0=Moments.of(log_f0), energy=Moments.of(energy))
+                       log_f0=Moments.of(log_f0), energy=Moments.of(energy), trim_start_seconds=trim_start_seconds)
 
 
 def _extract(job: _Job) -> _Result:
@@ -134,7 +145,8 @@ def _extract(job: _Job) -> _Result:
     except Exception as error:  # noqa: BLE001 - any failure on one file is that file's skip reason
         return _Result(utt, skipped=Skipped(utt.id, utt.audio_path, "audio", f"{type(error).__name__}: {error}"),
                        timings=timings)
-    summary = _summarize(key, features.pitch, features.voiced, features.energy, features.duration_seconds)
+    summary = _summarize(key, features.pitch, features.voiced, features.energy, features.duration_seconds,
+                         features.trim_start_seconds)
     start = time.perf_counter()
     write_features(out, UtteranceFeatures(
         mel=torch.as_tensor(features.mel), pitch=torch.as_tensor(features.pitch),
@@ -169,6 +181,66 @@ def _phonemize_all(texts: list[str], config: Config, cache_path: Path, progress:
     return cache
 
 
+def index_textgrids(folder: str | Path) -> dict[str, list[Path]]:
+    """Every ``*.TextGrid`` under ``folder`` (one walk, any depth) by file stem."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"data.textgrids: {root} is not a folder")
+    index: dict[str, list[Path]] = {}
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() == ".textgrid" and path.is_file():
+            index.setdefault(path.stem, []).append(path)
+    if not index:
+        raise ValueError(f"data.textgrids: no *.TextGrid file under {root}")
+    return index
+
+
+def _find_textgrid(index: dict[str, list[Path]], utt: Utterance) -> Path | str:
+    """The TextGrid of ``utt`` (named like its audio file, or its id), or the reason there is none."""
+    stems = dict.fromkeys([Path(utt.audio_path).stem, utt.id])
+    candidates = [path for stem in stems for path in index.get(stem, [])]
+    if not candidates:
+        return f"no TextGrid: none named {' or '.join(f'{stem}.TextGrid' for stem in stems)}"
+    if len(candidates) > 1:  # MFA writes <speaker>/<utt>.TextGrid: the speaker's folder decides
+        candidates = [path for path in candidates if path.parent.name == utt.speaker] or candidates
+    if len(candidates) > 1:
+        return f"ambiguous TextGrid: {len(candidates)} files fit, e.g. {candidates[0]} and {candidates[1]}"
+    return candidates[0]
+
+
+def phone_tier(tiers: dict[str, Tier], name: str, source: str) -> Tier:
+    """The tier called ``name``, or else MFA's multi-speaker "<speaker> - <name>" if there is exactly one."""
+    if name in tiers:
+        return tiers[name]
+    matches = [tier for key, tier in tiers.items() if key.endswith(f" - {name}")]
+    if len(matches) != 1:
+        raise TextGridError(f"{source}: no interval tier named {name!r} (tiers: {', '.join(tiers) or 'none'})")
+    return matches[0]
+
+
+def textgrid_phones(tier: Tier, summary: FileSummary, config: Config, source: str) -> PhoneDurations:
+    """Phones and frame counts of one utterance from its TextGrid, under the silence rule in the module docstring.
+
+    Raises ``TextGridError`` when the TextGrid does not fit the audio or holds nothing but silence.
+    """
+    data, audio = config.data, config.audio
+    silence = data.textgrid_silence
+    result = phone_durations({tier.name: tier}, audio.sample_rate, audio.hop_length, summary.frames, tier=tier.name,
+                             start_seconds=summary.trim_start_seconds, silence_label=silence or None, source=source)
+    phones, durations = list(result.phones), result.durations.tolist()
+    if silence and phones == [silence]:
+        raise TextGridError(f"{source}: tier {tier.name!r} has only silence inside the utterance")
+    if silence and phones[0] == silence:
+        phones.pop(0)
+        lead = durations.pop(0)
+        durations[0] += lead
+    if silence and phones[-1] == silence:
+        phones.pop()
+        tail = durations.pop()
+        durations[-1] += tail
+    return PhoneDurations(phones=phones, durations=np.asarray(durations, dtype=np.int64))
+
+
 def prepare(config: Config, *, progress: bool = True, log=print) -> PrepareReport:
     """Prepare the corpus named by ``config.data`` into the store at ``config.data.features``."""
     wall = time.perf_counter()
@@ -182,11 +254,17 @@ def prepare(config: Config, *, progress: bool = True, log=print) -> PrepareRepor
     for stale in root.glob("utts/*/.*.tmp-*"):
         stale.unlink(missing_ok=True)  # left by a killed run; never read as features
 
-    # Text: normalize, phonemize in batches, drop what has nothing to pronounce.
+    # Text: normalize, phonemize in batches, drop what has nothing to pronounce. With TextGrids their phones are
+    # the phonemes, so the phonemizer is not run; each utterance's TextGrid is read now, before any audio work.
     start = time.perf_counter()
     normalized = {utt.id: normalize_text(utt.text) for utt in scan.utterances}
-    phonemes = _phonemize_all(list(normalized.values()), config, root / "phoneme-cache.json", progress)
-    report.stages["phonemes"] = time.perf_counter() - start
+    aligned = bool(config.data.textgrids)
+    phonemes: dict[str, list[str]] = {}
+    if not aligned:
+        phonemes = _phonemize_all(list(normalized.values()), config, root / "phoneme-cache.json", progress)
+        report.stages["phonemes"] = time.perf_counter() - start
+    grids: dict[str, tuple[Path, Tier]] = {}  # utterance id -> its TextGrid and phone tier
+    index = index_textgrids(config.data.textgrids) if aligned else {}
     new_symbols: set[str] = set()
     jobs: list[_Job] = []
     audio_settings = dataclasses.asdict(config.audio)
@@ -195,11 +273,24 @@ def prepare(config: Config, *, progress: bool = True, log=print) -> PrepareRepor
         if not text.strip():
             skipped.append(Skipped(utt.id, utt.audio_path, "text", "transcript is empty after normalization"))
             continue
-        if not phonemes.get(text):
+        if aligned:
+            found = _find_textgrid(index, utt)
+            if isinstance(found, str):
+                skipped.append(Skipped(utt.id, utt.audio_path, "textgrid", found))
+                continue
+            try:
+                grids[utt.id] = (found, phone_tier(read_textgrid(found), config.data.textgrid_tier, str(found)))
+            except TextGridError as error:
+                skipped.append(Skipped(utt.id, str(found), "textgrid", f"TextGridError: {error}"))
+                continue
+        elif not phonemes.get(text):
             skipped.append(Skipped(utt.id, utt.audio_path, "text", f"nothing pronounceable in {utt.text!r}"))
             continue
-        new_symbols.update(phonemes[text])
+        else:
+            new_symbols.update(phonemes[text])
         jobs.append(_Job(utt, str(feature_path(root, utt.speaker, utt.id)), audio_settings))
+    if aligned:
+        report.stages["textgrids"] = time.perf_counter() - start
 
     # Audio: extract in worker processes (or inline for one worker, which keeps tracebacks simple).
     results: list[_Result] = []
@@ -231,12 +322,24 @@ def prepare(config: Config, *, progress: bool = True, log=print) -> PrepareRepor
         assert summary is not None
         report.reused += result.reused
         report.extracted += not result.reused
+        durations: list[int] | None = None
+        if aligned:
+            grid, tier = grids[utt.id]
+            try:
+                phones = textgrid_phones(tier, summary, config, str(grid))
+            except TextGridError as error:
+                skipped.append(Skipped(utt.id, str(grid), "textgrid", f"TextGridError: {error}"))
+                continue
+            utt_phonemes, durations = phones.phones, phones.durations.tolist()
+            new_symbols.update(utt_phonemes)
+        else:
+            utt_phonemes = phonemes[normalized[utt.id]]
         report.seconds_of_audio += summary.seconds
         entries.append(ManifestEntry(
-            id=utt.id, speaker=utt.speaker, text=normalized[utt.id], phonemes=phonemes[normalized[utt.id]],
+            id=utt.id, speaker=utt.speaker, text=normalized[utt.id], phonemes=utt_phonemes,
             frames=summary.frames, seconds=summary.seconds,
             path=str(Path(feature_path(root, utt.speaker, utt.id)).relative_to(root)),
-            audio_path=str(utt.audio_path), corpus=utt.corpus))
+            audio_path=str(utt.audio_path), corpus=utt.corpus, durations=durations))
         global_f0, global_energy = global_f0 + summary.log_f0, global_energy + summary.energy
         f0, energy, count = per_speaker.get(utt.speaker, [Moments(), Moments(), Moments()])
         per_speaker[utt.speaker] = [f0 + summary.log_f0, energy + summary.energy, count + Moments(1, 0, 0)]

@@ -8,8 +8,10 @@ safetensors files are memory-mapped on read, so loading an episode touches only 
 Layout of ``<root>``::
 
     utts/<speaker>/<utt id>.safetensors   mel [n_mels, T] f32, pitch [T] f32 (Hz, 0 unvoiced), voiced [T] u8,
-                                           energy [T] f32; metadata: cache key, frames, seconds, log-F0/energy sums
-    manifest.jsonl                         one line per usable utterance (id, speaker, text, phonemes, frames, ...)
+                                           energy [T] f32; metadata: cache key, frames, seconds, log-F0/energy sums,
+                                           seconds of leading audio trimmed
+    manifest.jsonl                         one line per usable utterance (id, speaker, text, phonemes, frames, ...;
+                                           frames per phoneme when the store was prepared from TextGrids)
     stats.json                             global and per-speaker log-F0 / energy mean and std
     symbols.json                           the phoneme symbol table
     report.json                            what was skipped and why, counts, timings
@@ -32,7 +34,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 # Bump when the content of feature files changes for the same audio and config: every file is re-extracted.
-FEATURE_VERSION = 1
+# 2: the metadata holds the trimmed leading seconds (TextGrid times are shifted by it).
+FEATURE_VERSION = 2
 
 
 class StoreError(ValueError):
@@ -109,6 +112,7 @@ class FileSummary:
     seconds: float
     log_f0: Moments
     energy: Moments
+    trim_start_seconds: float  # leading audio trimmed before the features: where frame 0 starts in the file
 
     def to_metadata(self) -> dict[str, str]:
         return {
@@ -117,6 +121,7 @@ class FileSummary:
             "seconds": repr(self.seconds),
             "log_f0": json.dumps(dataclasses.astuple(self.log_f0)),
             "energy": json.dumps(dataclasses.astuple(self.energy)),
+            "trim_start_seconds": repr(self.trim_start_seconds),
             "version": str(FEATURE_VERSION),
         }
 
@@ -128,6 +133,7 @@ class FileSummary:
             seconds=float(meta["seconds"]),
             log_f0=Moments(*json.loads(meta["log_f0"])),
             energy=Moments(*json.loads(meta["energy"])),
+            trim_start_seconds=float(meta["trim_start_seconds"]),  # absent in an older file: re-extracted
         )
 
 
@@ -187,6 +193,7 @@ class ManifestEntry:
     path: str  # relative to the store root
     audio_path: str
     corpus: str
+    durations: list[int] | None = None  # frames per phoneme (sum = frames) from a TextGrid; None: built-in aligner
 
 
 @dataclass

@@ -303,6 +303,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"metatts {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        # Our run-time failures (a vocoder checkpoint that does not fit, training stopped on non-finite losses)
+        # are reported like input errors; anything else is a bug and keeps its traceback.
+        from metatts.train.supervised import TrainingError
+        from metatts.vocoder.base import VocoderError
+
+        if not isinstance(error, (VocoderError, TrainingError)) or os.environ.get("METATTS_DEBUG"):
+            raise
+        print(f"metatts {args.command}: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"metatts {args.command}: interrupted; finished work is kept and a re-run resumes", file=sys.stderr)
         return 130

@@ -103,3 +103,8 @@ def test_cli_synthesize_from_a_text_file_and_errors_exit_2(store, tmp_path, caps
     assert "unknown speaker" in capsys.readouterr().err
     assert main(["synthesize", "--checkpoint", str(tmp_path), "--text", "hi", "--out", str(tmp_path)]) == 2
     assert "not a metatts checkpoint" in capsys.readouterr().err
+    torch.save({"generator": {"conv_pre.weight": torch.zeros(3)}}, tmp_path / "vocoder.pt")
+    bad_vocoder = ["synthesize", "--checkpoint", checkpoint, "--vocoder", str(tmp_path / "vocoder.pt"),
+                   "--text", "hi", "--speaker", "m1", "--out", str(tmp_path / "wav")]
+    assert main(bad_vocoder) == 1
+    assert "conv_pre.weight" in capsys.readouterr().err  # names what does not fit, no traceback

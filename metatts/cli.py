@@ -196,6 +196,34 @@ def cmd_tasks(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def cmd_align(args: argparse.Namespace) -> None:
+    import torch
+
+    from metatts.align.aligner import plot_alignment
+    from metatts.api import load
+    from metatts.episodes.collate import Collator, Normalizer
+    from metatts.features.store import FeatureStore
+
+    tts = load(args.checkpoint, device="cpu")
+    store = FeatureStore(args.features)
+    ids = args.utterance or [e.id for e in store.entries[:args.first]]
+    unknown = [i for i in ids if i not in store.by_id]
+    if unknown:
+        raise UserError(f"not in {args.features}: {', '.join(unknown[:5])} (ids are in its manifest.jsonl)")
+    rows = {s: i for i, s in enumerate(tts.speakers)}
+    collator = Collator(store, tts.symbols, rows, Normalizer.from_dict(tts.meta.stats))
+    out = Path(args.out)
+    for utt_id in ids:
+        batch = collator([utt_id])
+        with torch.no_grad():
+            alignment = tts.model.alignment(batch)
+        frames, phonemes = int(batch.mel_lengths[0]), int(batch.phoneme_lengths[0])
+        path = plot_alignment(alignment.soft[0, :frames, :phonemes], out / f"{utt_id}.png",
+                              durations=alignment.durations[0, :phonemes], title=utt_id,
+                              phonemes=store.by_id[utt_id].phonemes)
+        print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metatts", description=__doc__.split(":")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -229,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vocoder for TensorBoard audio: griffinlim (default), hifigan, a path, or none")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("align", help="plot the built-in aligner's alignment of prepared utterances (PNG)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--features", required=True, help="feature store holding the utterances")
+    p.add_argument("--utterance", action="append", help="utterance id (repeatable); default: the first --first")
+    p.add_argument("--first", type=int, default=3, help="how many utterances when none is named (default 3)")
+    p.add_argument("--out", required=True, help="folder for <utterance id>.png")
+    p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("synthesize", help="text to speech with a trained checkpoint")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (e.g. runs/demo/train/checkpoint)")

@@ -108,3 +108,15 @@ def test_cli_synthesize_from_a_text_file_and_errors_exit_2(store, tmp_path, caps
                    "--text", "hi", "--speaker", "m1", "--out", str(tmp_path / "wav")]
     assert main(bad_vocoder) == 1
     assert "conv_pre.weight" in capsys.readouterr().err  # names what does not fit, no traceback
+
+
+def test_cli_align_writes_a_png_per_utterance(store, tmp_path, capsys):
+    train(_config(store, 1), tmp_path / "run", progress=False, log=lambda *_: None)
+    args = ["align", "--checkpoint", str(tmp_path / "run/checkpoint"), "--features", str(store),
+            "--out", str(tmp_path / "png")]
+    assert main(args + ["--utterance", "m1_0", "--utterance", "f2_1"]) == 0
+    pngs = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
+    assert pngs == ["f2_1.png", "m1_0.png"]
+    assert (tmp_path / "png/m1_0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(args + ["--utterance", "nobody_9"]) == 2
+    assert "nobody_9" in capsys.readouterr().err

@@ -27,6 +27,21 @@ from metatts.train.supervised import validate
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def validation_curve(run: Path) -> list[dict]:
+    """The run's validation mel L1 per logged step, from log.jsonl (or TensorBoard when the log has none)."""
+    log = run / "log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    curve = [{"step": r["step"], "mel": r["mel"]} for r in records if r.get("kind") == "val"]
+    if not curve and (run / "tb").is_dir():
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run / "tb"))
+        events.Reload()
+        if "val/mel" in events.Tags().get("scalars", []):
+            curve = [{"step": e.step, "mel": e.value} for e in events.Scalars("val/mel")]
+    return curve
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True)
@@ -56,6 +71,7 @@ def main() -> None:
                        suptitle=f"held-out sentences of training speakers, step {tts.meta.step}")
     result = {"date": date, "corpus": corpus, "checkpoint": str(args.checkpoint), "step": tts.meta.step,
               "heldout_utterances": len(data.val), "val_teacher_forced": val,
+              "validation_curve": validation_curve(Path(args.checkpoint).parent),
               "length_ratio_mean": sum(ratios) / len(ratios), "figure": figure.name, "machine": machine_info()}
     path = args.out / f"heldout-{corpus}-{date}.json"
     path.write_text(json.dumps(result, indent=1))

@@ -17,7 +17,6 @@ from metatts.adapt.voicepack import load_voice_pack
 from metatts.api import load
 from metatts.cli import main
 from metatts.config import config_from_dict
-from metatts.corpus.demo import espeak_synthesize
 from metatts.episodes.collate import Normalizer
 from metatts.features.extract import FeatureExtractor
 from metatts.features.prepare import prepare
@@ -29,11 +28,9 @@ from metatts.text.normalize import normalize_text
 from metatts.text.phonemes import Phonemizer
 from metatts.text.symbols import SymbolTable
 from metatts.train.supervised import train
+from tiny import TEXTS, TINY_MODEL, synthesize_corpus
 
-TEXTS = ["The cat sat on the mat.", "A quick brown fox jumps.", "We like green apples.", "Rain falls on the hill."]
-TINY = ["model.preset=custom", "model.hidden=32", "model.heads=2", "model.encoder_layers=1", "model.decoder_layers=1",
-        "model.conv_filter=64", "model.predictor_filter=32", "model.speaker_dim=16", "model.pitch_bins=16",
-        "model.energy_bins=16", "model.max_speakers=8", "train.batch_size=4", "train.warmup_steps=2",
+TINY = [*TINY_MODEL, "train.batch_size=4", "train.warmup_steps=2",
         "train.log_every=1", "train.val_every=1000", "train.checkpoint_every=1000", "train.threads=1",
         "train.lr=3e-3", "data.min_utterances_per_speaker=2", "meta.shots=1", "meta.queries=1"]
 SLOT = {"speaker.slot_embedding", "speaker.slot_norms"}
@@ -52,13 +49,7 @@ def one_thread():
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny model trained 20 steps on 3 espeak voices (p225 is never seen)."""
     root = tmp_path_factory.mktemp("adapt")
-    for voice in ("m1", "f2", "m3"):
-        folder = root / "corpus" / voice
-        folder.mkdir(parents=True)
-        for i, text in enumerate(TEXTS):
-            wave, rate = espeak_synthesize(text, f"en-us+{voice}")
-            sf.write(folder / f"{voice}_{i}.wav", wave, rate)
-            (folder / f"{voice}_{i}.txt").write_text(text)
+    synthesize_corpus(root / "corpus", ("m1", "f2", "m3"), TEXTS[:4])
     config = config_from_dict({}, [f"data.corpus={root / 'corpus'}", f"data.features={root / 'store'}",
                                    "data.layout=folder", "data.workers=1", "data.val_speakers=0",
                                    "data.test_speakers=0", "data.min_utterances_per_speaker=2", "meta.shots=1",

@@ -10,6 +10,7 @@ import torch
 
 from metatts.config import ConfigError, config_from_dict
 from metatts.corpus.demo import espeak_synthesize
+from tiny import TINY_MODEL
 from metatts.episodes.collate import Collator, Normalizer
 from metatts.features.prepare import prepare
 from metatts.features.store import FeatureStore, read_summary
@@ -23,9 +24,7 @@ SENTENCES = ["The quick brown fox jumps.", "She sells sea shells by the shore.",
 # ARPAbet labels as MFA's english_us_arpa model writes them; "sp" is a short pause inside the utterance.
 PHONES = ["DH", "AH0", "K", "W", "IH1", "K", "sp", "B", "R", "AW1", "N"]
 LEAD_SECONDS = 0.4  # silence put before each recording: the features start after it once it is trimmed
-TINY = ["model.preset=custom", "model.hidden=32", "model.heads=2", "model.encoder_layers=1", "model.decoder_layers=1",
-        "model.conv_filter=64", "model.predictor_filter=32", "model.speaker_dim=16", "model.pitch_bins=16",
-        "model.energy_bins=16", "model.max_speakers=8", "train.batch_size=4", "train.warmup_steps=2",
+TINY = [*TINY_MODEL, "train.batch_size=4", "train.warmup_steps=2",
         "train.log_every=1", "train.val_every=2", "train.checkpoint_every=2", "train.threads=1"]
 
 

@@ -19,10 +19,8 @@ from metatts.config import config_from_dict, config_to_dict
 from metatts.runtime.checkpoint import CheckpointMeta, save_checkpoint, weights_digest
 from metatts.text.symbols import SymbolTable
 from metatts.train.common import build_model
+from tiny import TINY_MODEL
 
-TINY = ["model.preset=custom", "model.hidden=32", "model.heads=2", "model.encoder_layers=1", "model.decoder_layers=1",
-        "model.conv_filter=64", "model.predictor_filter=32", "model.speaker_dim=16", "model.pitch_bins=16",
-        "model.energy_bins=16", "model.max_speakers=8"]
 SLOT = ("speaker.slot_embedding", "speaker.slot_norms")
 STATS = {"log_f0_mean": 5.0, "log_f0_std": 0.3, "energy_mean": 20.0, "energy_std": 10.0}
 
@@ -36,7 +34,7 @@ def one_thread():
 
 
 def _checkpoint(path: Path, seed: int) -> Path:
-    config = config_from_dict({}, TINY)
+    config = config_from_dict({}, TINY_MODEL)
     symbols = SymbolTable()
     torch.manual_seed(seed)
     model = build_model(config, len(symbols), 2)

@@ -144,6 +144,15 @@ def train(config: Config, run: str | Path, *, resume: bool = False, init_from: s
                  "scaler": scaler.state_dict(), "rng": rng_state(), "step": step, "skipped": result.skipped_steps}
         save_checkpoint(checkpoint, model, checkpoint_meta(config, data, step, "train"), state)
 
+    if start_step == 0 and config.train.steps > 0:
+        # The untrained model's validation loss: the start that later validation losses are read against.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            values = validate(model, data, device, config.train.batch_size)
+        if values:
+            result.val_losses.append({"step": 0, **values})
+            log_file.write(json.dumps({"kind": "val", "step": 0, **values}) + "\n")
+            for name, value in values.items():
+                writer.add_scalar(f"val/{name}", value, 0)
     bar = tqdm(range(start_step, config.train.steps), initial=start_step, total=config.train.steps,
                desc="train", unit="step", disable=not progress)
     try:

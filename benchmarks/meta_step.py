@@ -1,0 +1,300 @@
+"""Time and peak memory of one meta-step on this CPU, tiny and paper models: a plain supervised step, our first-
+and second-order meta-steps, and the same second-order meta-step written with `higher` 0.2.1 and with `torchopt`.
+
+    python benchmarks/meta_step.py [--presets tiny paper] [--tasks 2] [--shots 5] [--queries 5] [--inner-steps 5]
+
+One meta-step = B tasks, each: aligner durations for the support (no graph) and the query (with graph, its
+forward-sum loss is in the objective), k inner SGD steps on the speaker slot (learned per-element rates α), the
+query loss at φ_k, backward into θ, φ0 and α; then gradient clipping and an Adam step -- what `metatts meta-train`
+does (``metatts.meta.outer_loop``). The peers replace only the inner loop: `higher.innerloop_ctx` with a
+differentiable SGD whose per-element rates are overridden by α, and torchopt's functional ``sgd`` transform with α
+as its rate (one transform per fast tensor) over ``functional_call``. The plain step is ``metatts train``'s step on
+the same B x (N + Q) utterances as one multi-speaker batch (aligner included). Before timing, the gradients of the
+three second-order implementations are compared (eval mode, same episode): ``agreement`` is the largest relative
+difference to ours.
+
+Episodes are synthetic with the demo corpus's shape (phonemes ~50, ~5 frames per phoneme, ~250 frames); the
+model, data and dropout seeds are fixed, so every variant computes on the same tensors.
+
+Memory: each variant runs once in a fresh subprocess (no allocator reuse across variants). After set-up (model,
+batches, Adam state) the peak-RSS mark is reset (``/proc/self/clear_refs`` = 5) and ``peak_mb`` is VmHWM after the
+meta-step minus RSS before it: the step's own high-water growth (activations, the kept inner graphs, gradients).
+Where clear_refs is unavailable ``ru_maxrss`` is used instead (then set-up peaks may hide part of the growth).
+Time: one more process runs all variants round-robin on one model (a first warm-up round, then ``--repeats``
+rounds), so load from other processes on a shared machine hits every variant alike; ``*_ms`` is the median.
+Writes benchmarks/results/meta-step-<date>.json with `machine` (``metatts.runtime.env.machine_info``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from metatts.align.aligner import forward_sum_loss
+from metatts.config import config_from_dict
+from metatts.meta.inner_lr import InnerLR
+from metatts.meta.outer_loop import task_loss
+from metatts.model.acoustic import select_parameters
+from metatts.model.batch import NEW_SPEAKER, Batch
+from metatts.model.losses import FastSpeech2Loss
+from metatts.runtime.env import machine_info
+from metatts.train.common import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("plain", "first_order", "second_order", "higher", "torchopt")
+GROUPS = ["speaker_embedding", "speaker_norms"]
+N_SYMBOLS = 80
+TRAIN_SPEAKERS = 31  # the demo corpus's meta-train speakers (rows of the speaker table)
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+def synthetic_batch(g: torch.Generator, size: int, n_mels: int, speakers: Tensor) -> Batch:
+    lengths = torch.randint(35, 65, (size,), generator=g)
+    frames = [int(n) * 5 + int(torch.randint(-20, 20, (), generator=g)) for n in lengths]
+    L, T = int(lengths.max()), max(frames)
+    phonemes = torch.zeros(size, L, dtype=torch.long)
+    mels = torch.full((size, n_mels, T), -11.5)
+    pitch, energy = torch.zeros(size, T), torch.zeros(size, T)
+    for i, (n, t) in enumerate(zip(lengths.tolist(), frames)):
+        phonemes[i, :n] = torch.randint(2, N_SYMBOLS, (n,), generator=g)
+        mels[i, :, :t] = torch.randn(n_mels, t, generator=g) * 2 - 5
+        pitch[i, :t] = torch.randn(t, generator=g)
+        energy[i, :t] = torch.randn(t, generator=g)
+    return Batch(phonemes=phonemes, phoneme_lengths=lengths, mels=mels, mel_lengths=torch.tensor(frames),
+                 pitch=pitch, energy=energy, speakers=speakers)
+
+
+def set_up(preset: str, tasks: int, shots: int, queries: int):
+    config = config_from_dict({}, [f"model.preset={preset}"])
+    torch.manual_seed(0)
+    model = build_model(config, N_SYMBOLS, TRAIN_SPEAKERS).train()
+    g = torch.Generator().manual_seed(1)
+    new = lambda n: torch.full((n,), NEW_SPEAKER, dtype=torch.long)  # noqa: E731
+    episodes = [(synthetic_batch(g, shots, config.audio.n_mels, new(shots)),
+                 synthetic_batch(g, queries, config.audio.n_mels, new(queries))) for _ in range(tasks)]
+    # The plain step's batch: the same utterances, each on a table row.
+    rows = torch.arange(tasks * (shots + queries)) % TRAIN_SPEAKERS
+    plain = _concat([b for pair in episodes for b in pair], rows)
+    inner_lr = InnerLR(select_parameters(model, GROUPS), init=0.1)
+    params = list(model.parameters()) + list(inner_lr.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+    # Adam's moments exist before the measured step (they are the same for every variant, not the step's cost).
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return model, inner_lr, params, optimizer, episodes, plain
+
+
+def _concat(batches: list[Batch], speakers: Tensor) -> Batch:
+    L = max(b.phonemes.shape[1] for b in batches)
+    T = max(b.mels.shape[-1] for b in batches)
+    pad = lambda t, n, v=0.0: torch.nn.functional.pad(t, (0, n - t.shape[-1]), value=v)  # noqa: E731
+    return Batch(phonemes=torch.cat([pad(b.phonemes, L) for b in batches]),
+                 phoneme_lengths=torch.cat([b.phoneme_lengths for b in batches]),
+                 mels=torch.cat([pad(b.mels, T, -11.5) for b in batches]),
+                 mel_lengths=torch.cat([b.mel_lengths for b in batches]),
+                 pitch=torch.cat([pad(b.pitch, T) for b in batches]),
+                 energy=torch.cat([pad(b.energy, T) for b in batches]), speakers=speakers)
+
+
+# ------------------------------------------------------------------------------------------------ inner loops
+def ours(first_order: bool):
+    def inner(model, support, query, lr, steps):
+        return task_loss(model, support, query, lr, GROUPS, steps=steps, first_order=first_order).query.total
+    return inner
+
+
+def with_higher(model, support, query, lr, steps):
+    import higher
+
+    loss = FastSpeech2Loss()
+    fast = select_parameters(model, GROUPS)
+    # One parameter group per fast tensor, so each gets its own per-element rate α through the override.
+    sgd = torch.optim.SGD([{"params": [p]} for p in fast.values()], lr=0.1)
+    with higher.innerloop_ctx(model, sgd, copy_initial_weights=False,
+                              override={"lr": [lr[n] for n in fast]}) as (fmodel, diffopt):
+        for _ in range(steps):
+            diffopt.step(loss(fmodel(support), support).total)
+        return loss(fmodel(query), query).total
+
+
+def with_torchopt(model, support, query, lr, steps):
+    import torchopt
+
+    loss = FastSpeech2Loss()
+    fast = select_parameters(model, GROUPS)
+    names = list(fast)
+    # torchopt checks a constant rate is a non-negative scalar; a per-element α goes in as a (constant) schedule,
+    # and stays on the tape.
+    transforms = {n: torchopt.sgd(lr=lambda count, a=lr[n]: a) for n in names}
+    states = {n: transforms[n].init((fast[n],)) for n in names}
+    phi = dict(fast)
+    for _ in range(steps):
+        support_loss = loss(functional_call(model, phi, (support,)), support).total
+        grads = torch.autograd.grad(support_loss, [phi[n] for n in names], create_graph=True)
+        for n, g in zip(names, grads):
+            updates, states[n] = transforms[n].update((g,), states[n], inplace=False)
+            (phi[n],) = torchopt.apply_updates((phi[n],), updates, inplace=False)
+    return loss(functional_call(model, phi, (query,)), query).total
+
+
+INNER = {"first_order": ours(True), "second_order": ours(False), "higher": with_higher, "torchopt": with_torchopt}
+
+
+# ------------------------------------------------------------------------------------------------ one step
+def meta_step(variant: str, model, inner_lr, params, optimizer, episodes, plain, steps: int) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if variant == "plain":
+        FastSpeech2Loss()(model(plain), plain).total.backward()
+    else:
+        for index, (support, query) in enumerate(episodes):
+            torch.manual_seed(index)  # the same dropout masks for every implementation
+            support = support.with_durations(model.alignment(support).durations)
+            alignment = model.aligner(query.phonemes, query.phoneme_lengths, query.mels, query.mel_lengths)
+            query = query.with_durations(alignment.durations)
+            objective = INNER[variant](model, support, query, inner_lr.as_dict(), steps) + forward_sum_loss(alignment)
+            (objective / len(episodes)).backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+
+
+def agreement(model, inner_lr, params, episodes, steps: int) -> dict[str, float]:
+    """Largest relative gradient difference of higher / torchopt to ours (eval mode, no optimizer step)."""
+    model.eval()
+    grads = {}
+    for variant in ("second_order", "higher", "torchopt"):
+        for p in params:
+            p.grad = None
+        support, query = episodes[0]
+        support = support.with_durations(model.alignment(support).durations)
+        query = query.with_durations(model.alignment(query).durations)
+        INNER[variant](model, support, query, inner_lr.as_dict(), steps).backward()
+        grads[variant] = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+    model.train()
+    for p in params:
+        p.grad = None
+    ref = grads["second_order"]
+    scale = max(float(g.abs().max()) for g in ref)
+    return {v: max(float((a - b).abs().max()) for a, b in zip(grads[v], ref)) / scale for v in ("higher", "torchopt")}
+
+
+# ------------------------------------------------------------------------------------------------ processes
+def _rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _hwm_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    state = set_up(args.preset, args.tasks, args.shots, args.queries)
+    if args.child == "agreement":
+        print(json.dumps(agreement(*state[:3], state[4], args.inner_steps)))
+        return
+    if args.child == "timing":
+        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for _ in range(args.repeats + 1):
+            for variant in VARIANTS:
+                start = time.perf_counter()
+                meta_step(variant, *state, args.inner_steps)
+                times[variant].append((time.perf_counter() - start) * 1000)
+        print(json.dumps({v: {"ms": statistics.median(t[1:]), "all_ms": t} for v, t in times.items()}))
+        return
+    before = _rss_mb()
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # reset the peak-RSS mark to the current RSS
+        method = "VmHWM after clear_refs"
+    except OSError:
+        method = "ru_maxrss"
+    start = time.perf_counter()
+    meta_step(args.child, *state, args.inner_steps)
+    print(json.dumps({"first_ms": (time.perf_counter() - start) * 1000, "peak_mb": _hwm_mb() - before,
+                      "memory_method": method}))
+
+
+def run_child(preset: str, what: str, args: argparse.Namespace, repeats: int = 0) -> dict:
+    command = [sys.executable, __file__, "--child", what, "--preset", preset, "--repeats", str(repeats),
+               "--tasks", str(args.tasks), "--shots", str(args.shots), "--queries", str(args.queries),
+               "--inner-steps", str(args.inner_steps), "--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{preset}/{what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "paper"])
+    parser.add_argument("--tasks", type=int, default=2, help="tasks per meta-batch (B)")
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=5)
+    parser.add_argument("--inner-steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up round (tiny)")
+    parser.add_argument("--paper-repeats", type=int, default=2, help="timed rounds after the warm-up round (paper)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--preset", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    torch.set_num_threads(args.threads)
+    result = {"date": datetime.date.today().isoformat(), "machine": machine_info(),
+              "setup": {"tasks": args.tasks, "shots": args.shots, "queries": args.queries,
+                        "inner_steps": args.inner_steps, "threads": args.threads, "episode": "synthetic, demo shape",
+                        "inner_lr": "learned per-element (Meta-SGD), all second-order variants",
+                        "memory": "peak RSS growth of the first step in a fresh process (VmHWM reset after set-up)",
+                        "time": "median over rounds of all variants run in turn, after a warm-up round"},
+              "load_average_at_start": os.getloadavg()}
+    for preset in args.presets:
+        entry: dict = {"peak_mb": {}}
+        for variant in VARIANTS:
+            report = run_child(preset, variant, args)
+            entry["peak_mb"][variant] = round(report["peak_mb"], 1)
+            entry["memory_method"] = report["memory_method"]
+            print(f"{preset:6s} {variant:13s} peak +{report['peak_mb']:8.1f} MB", flush=True)
+        timing = run_child(preset, "timing", args, args.repeats if preset == "tiny" else args.paper_repeats)
+        for variant in VARIANTS:
+            entry[f"{variant}_ms"] = round(timing[variant]["ms"], 1)
+            print(f"{preset:6s} {variant:13s} {timing[variant]['ms']:10.1f} ms", flush=True)
+        entry["all_ms"] = {v: [round(t, 1) for t in timing[v]["all_ms"]] for v in VARIANTS}
+        entry["agreement"] = run_child(preset, "agreement", args)
+        entry["second_over_first_order"] = round(entry["second_order_ms"] / entry["first_order_ms"], 2)
+        entry["params"] = sum(p.numel() for p in build_model(config_from_dict({}, [f"model.preset={preset}"]),
+                                                              N_SYMBOLS, TRAIN_SPEAKERS).parameters())
+        result[preset] = entry
+    result["load_average_at_end"] = os.getloadavg()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"meta-step-{result['date']}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

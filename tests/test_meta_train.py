@@ -1,0 +1,301 @@
+"""`metatts meta-train` on a tiny model and a tiny espeak store: the loss falls, NaN steps are skipped and counted,
+too many stop the run with the checkpoint intact, resume is exact (also after SIGKILL), first order changes the
+meta-gradient, checkpoints load with the API, and two gloo ranks match one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from metatts.api import load
+from metatts.cli import main
+from metatts.config import config_from_dict
+from metatts.corpus.demo import espeak_synthesize
+from metatts.episodes.sampler import EpisodeSampler
+from metatts.features.prepare import prepare
+from metatts.meta import outer_loop
+from metatts.meta.outer_loop import (MetaTrainingError, NotEnoughSpeakersError, adaptation_curve, episode_batches,
+                                     load_inner_lr, meta_train, task_loss)
+from metatts.model.acoustic import select_parameters
+from metatts.model.losses import FastSpeech2Loss
+from metatts.train.common import RunData, build_model
+from metatts.train.supervised import train
+
+TEXTS = ["The cat sat on the mat.", "A quick brown fox jumps.", "We like green apples.", "Rain falls on the hill.",
+         "Ships sail at dawn."]
+VOICES = ("m1", "f2", "m3", "f4")
+DATA = ["data.min_utterances_per_speaker=4", "data.val_speakers=1", "data.test_speakers=0", "meta.shots=2",
+        "meta.queries=2"]
+TINY = ["model.preset=custom", "model.hidden=32", "model.heads=2", "model.encoder_layers=1", "model.decoder_layers=1",
+        "model.conv_filter=64", "model.predictor_filter=32", "model.speaker_dim=16", "model.pitch_bins=16",
+        "model.energy_bins=16", "model.max_speakers=8", "train.warmup_steps=2", "train.threads=1",
+        "train.log_every=1", "train.val_every=1000", "train.checkpoint_every=3", "meta.meta_batch=2",
+        "meta.inner_steps=2", "meta.outer_lr=3e-3", "meta.val_tasks=1", "train.batch_size=4"]
+QUIET = dict(progress=False, log=lambda *_: None)
+THETA = "decoder.blocks.0.feed_forward.conv1.weight"  # a shared parameter the speaker norms condition
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """4 espeak voices x 5 sentences; the split holds 3 meta-train speakers and 1 meta-val speaker."""
+    root = tmp_path_factory.mktemp("meta")
+    for voice in VOICES:
+        folder = root / "corpus" / voice
+        folder.mkdir(parents=True)
+        for i, text in enumerate(TEXTS):
+            wave, rate = espeak_synthesize(text, f"en-us+{voice}")
+            sf.write(folder / f"{voice}_{i}.wav", wave, rate)
+            (folder / f"{voice}_{i}.txt").write_text(text)
+    config = config_from_dict({}, [f"data.corpus={root / 'corpus'}", f"data.features={root / 'store'}",
+                                   "data.layout=folder", "data.workers=1", *DATA])
+    prepare(config, progress=False, log=lambda *_: None)
+    return root / "store"
+
+
+def _config(store: Path, steps: int, *extra: str):
+    return config_from_dict({}, [f"data.features={store}", f"meta.steps={steps}", *DATA, *TINY, *extra])
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    tensors = load_file(str(run / "checkpoint/model.safetensors"))
+    lr_file = run / "checkpoint/inner_lr.safetensors"
+    if lr_file.is_file():
+        tensors.update({f"inner_lr.{k}": v for k, v in load_file(str(lr_file)).items()})
+    return tensors
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_meta_training_lowers_the_query_loss_after_adaptation(store, tmp_path):
+    result = meta_train(_config(store, 30, "train.val_every=30", "meta.outer_lr=1e-2", "train.warmup_steps=5"),
+                        tmp_path / "run", **QUIET)
+    assert result.step == 30 and result.skipped_steps == 0
+    query = [r["query_mel"] for r in result.train]
+    first, last = np.mean(query[:3]), np.mean(query[-3:])
+    assert last < 0.7 * first, (first, last)
+    # Meta-validation on the held-out speaker's fixed episode: query loss after 0..k inner steps, at 0 and 30.
+    assert [v["step"] for v in result.val] == [0, 30]
+    assert all(v["steps"] == [0, 1, 2] and len(v["mel"]) == 3 for v in result.val)
+    assert result.val[-1]["mel"][-1] < result.val[0]["mel"][-1]
+    records = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in records} == {"meta", "meta_val"}
+    # The learned inner rates moved away from their initialization and are stored beside the weights.
+    lr = load_inner_lr(tmp_path / "run/checkpoint")
+    assert set(lr) == {"speaker.slot_embedding", "speaker.slot_norms"}
+    assert not torch.allclose(lr["speaker.slot_norms"], torch.full_like(lr["speaker.slot_norms"], 0.1))
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(store, tmp_path):
+    whole = meta_train(_config(store, 6), tmp_path / "whole", **QUIET)
+    meta_train(_config(store, 3), tmp_path / "split", **QUIET)
+    resumed = meta_train(_config(store, 6), tmp_path / "split", resume=True, **QUIET)
+    assert [r["objective"] for r in resumed.train] == [r["objective"] for r in whole.train[3:]]
+    assert _same(_weights(tmp_path / "whole"), _weights(tmp_path / "split"))
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(store, tmp_path):
+    steps = 60
+    args = [sys.executable, "-m", "metatts.cli", "meta-train", "--quiet", "--out", str(tmp_path / "killed")]
+    sets = [f"data.features={store}", f"meta.steps={steps}", *DATA, *TINY, "train.checkpoint_every=2",
+            "train.log_every=1000"]
+    for item in sets:
+        args += ["--set", item]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    meta_file = tmp_path / "killed/checkpoint/meta.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if json.loads(meta_file.read_text())["step"] >= 6:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    assert process.poll() is None, f"finished before the kill: {process.stderr.read().decode()[-2000:]}"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(meta_file.read_text())["step"]
+    assert 6 <= killed_at < steps
+    assert main(["meta-train", "--quiet", "--resume", "--out", str(tmp_path / "killed"),
+                 *[a for item in sets for a in ("--set", item)]]) == 0
+    meta_train(_config(store, steps, "train.checkpoint_every=2", "train.log_every=1000"), tmp_path / "whole",
+               **QUIET)
+    assert _same(_weights(tmp_path / "whole"), _weights(tmp_path / "killed"))
+
+
+class _PoisonAligner:
+    """Stand-in for the aligner's forward-sum loss: NaN on the chosen calls (one call per task)."""
+
+    def __init__(self, bad_calls):
+        self.calls, self.bad_calls = 0, bad_calls
+
+    def __call__(self, alignment, blank_logprob):
+        self.calls += 1
+        value = outer_loop_forward_sum(alignment, blank_logprob)
+        return value * float("nan") if self.bad_calls(self.calls) else value
+
+
+outer_loop_forward_sum = outer_loop.forward_sum_loss
+
+
+def test_a_nan_step_is_skipped_counted_and_logged(store, tmp_path, monkeypatch):
+    # Meta-step 2's first task (call 3; two tasks per step) is poisoned.
+    monkeypatch.setattr(outer_loop, "forward_sum_loss", _PoisonAligner(lambda call: call == 3))
+    messages = []
+    result = meta_train(_config(store, 4), tmp_path / "run", progress=False, log=messages.append)
+    assert result.step == 4 and result.skipped_steps == 1
+    assert [r["step"] for r in result.train] == [1, 3, 4]
+    assert any("meta-step 2 skipped: non-finite loss" in m for m in messages)
+    skips = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()
+             if '"skip"' in line]
+    assert [(s["step"], s["consecutive"]) for s in skips] == [(2, 1)]
+    assert all(torch.isfinite(t).all() for t in _weights(tmp_path / "run").values())
+
+
+def test_consecutive_nan_steps_stop_training_and_keep_the_last_good_checkpoint(store, tmp_path, monkeypatch):
+    meta_train(_config(store, 3), tmp_path / "good", **QUIET)
+    # Steps 1-3 are good (checkpoint at 3); every loss after that is NaN.
+    monkeypatch.setattr(outer_loop, "forward_sum_loss", _PoisonAligner(lambda call: call > 6))
+    with pytest.raises(MetaTrainingError, match="3 consecutive meta-steps.*last good checkpoint"):
+        meta_train(_config(store, 20, "meta.max_bad_steps=3"), tmp_path / "run", **QUIET)
+    assert json.loads((tmp_path / "run/checkpoint/meta.json").read_text())["step"] == 3
+    assert _same(_weights(tmp_path / "run"), _weights(tmp_path / "good"))
+
+
+def test_too_few_speakers_for_the_meta_batch_is_a_clear_error(store, tmp_path, capsys):
+    with pytest.raises(NotEnoughSpeakersError, match="meta_batch = 4 tasks but only 3 meta-train speakers"):
+        meta_train(_config(store, 1, "meta.meta_batch=4"), tmp_path / "run", **QUIET)
+    assert not (tmp_path / "run").exists()
+    args = ["meta-train", "--quiet", "--out", str(tmp_path / "run")]
+    sets = [f"data.features={store}", *DATA, *TINY, "meta.meta_batch=4"]
+    assert main(args + [a for item in sets for a in ("--set", item)]) == 2
+    assert "only 3 meta-train speakers" in capsys.readouterr().err
+
+
+def test_first_order_changes_the_meta_gradient(store):
+    config = _config(store, 1)
+    data = RunData.load(config)
+    torch.manual_seed(0)
+    model = build_model(config, len(data.symbols), len(data.speakers)).eval()
+    by_speaker = {s: [e.id for e in entries] for s, entries in data.store.speakers().items() if s in data.speakers}
+    episode = EpisodeSampler(by_speaker, 2, 2, seed=0).meta_batch(0, 1)[0]
+    support, query = episode_batches(model, data.collator, episode, torch.device("cpu"))
+    groups = config.model.speaker_groups
+    grads = {}
+    for first_order in (False, True):
+        model.zero_grad()
+        lr = {n: torch.full_like(p, 0.3, requires_grad=True) for n, p in select_parameters(model, groups).items()}
+        task_loss(model, support, query, lr, groups, steps=2, first_order=first_order).query.total.backward()
+        grads[first_order] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        grads[first_order].update({f"lr.{n}": a.grad.clone() for n, a in lr.items()})
+    second, first = grads[False], grads[True]
+    assert second.keys() == first.keys()
+    # φ0, α and θ get a meta-gradient either way; the second-order terms change all of them.
+    for name in ("speaker.slot_norms", "lr.speaker.slot_norms", THETA):
+        assert second[name].abs().sum() > 0 and first[name].abs().sum() > 0
+        assert not torch.allclose(second[name], first[name]), name
+
+
+def test_first_order_flag_reaches_meta_train(store, tmp_path):
+    meta_train(_config(store, 2, "train.checkpoint_every=2"), tmp_path / "second", **QUIET)
+    meta_train(_config(store, 2, "train.checkpoint_every=2", "meta.first_order=true"), tmp_path / "first", **QUIET)
+    assert not torch.allclose(_weights(tmp_path / "second")[THETA], _weights(tmp_path / "first")[THETA])
+
+
+def test_meta_checkpoint_loads_with_the_api_and_starts_from_a_train_checkpoint(store, tmp_path):
+    train(_config(store, 2, "train.steps=2"), tmp_path / "sup", progress=False, log=lambda *_: None)
+    assert load_inner_lr(tmp_path / "sup/checkpoint") == pytest.approx(0.1)  # a train checkpoint: meta.inner_lr
+    messages = []
+    meta_train(_config(store, 3), tmp_path / "meta", init_from=tmp_path / "sup/checkpoint", progress=False,
+               log=messages.append)
+    assert any("initialized weights from" in m and "train checkpoint" in m for m in messages)
+    meta = json.loads((tmp_path / "meta/checkpoint/meta.json").read_text())
+    assert meta["kind"] == "meta" and meta["extra"]["inner_lr"]["file"] == "inner_lr.safetensors"
+    tts = load(tmp_path / "meta/checkpoint", vocoder="griffinlim")
+    sentences, mels = tts.mels("The cat sat.")
+    assert len(mels) == 1 and mels[0].shape[0] == 80
+    # A train checkpoint cannot be resumed as a meta run.
+    with pytest.raises(ValueError, match="--init-from"):
+        meta_train(_config(store, 4), tmp_path / "sup", resume=True, **QUIET)
+    # `metatts tasks` adapts both on a frozen suite (the held-out speaker here is the meta-val one).
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"# metatts tasks suite.yaml\ncorpus: corpus\nfeatures: {store}\nsplit: val\nshots: 2\n"
+                     f"queries: 2\ntasks_per_speaker: 2\nseed: 0\nstep_grid: [0, 2]\n")
+    report = tmp_path / "curves.json"
+    assert main(["tasks", str(suite), "--checkpoint", str(tmp_path / "sup/checkpoint"), "--checkpoint",
+                 str(tmp_path / "meta/checkpoint"), "--json", str(report)]) == 0
+    curves = json.loads(report.read_text())["checkpoints"]
+    assert [len(c["mel"]) for c in curves.values()] == [2, 2]
+    assert all(len(c["mean_mel"]) == 2 and np.isfinite(c["mean_mel"]).all() for c in curves.values())
+
+
+def test_adaptation_curve_reports_each_grid_step_and_restores_the_model(store):
+    config = _config(store, 1)
+    data = RunData.load(config)
+    torch.manual_seed(0)
+    model = build_model(config, len(data.symbols), len(data.speakers)).train()
+    by_speaker = {s: [e.id for e in entries] for s, entries in data.store.speakers().items()}
+    sampler = EpisodeSampler(by_speaker, 2, 2, seed=3)
+    episodes = [sampler.episode(s, 0) for s in sampler.speakers[:2]]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    curve = adaptation_curve(model, 0.5, episodes, data.collator, [0, 1, 3], config.model.speaker_groups)
+    assert curve.steps == [0, 1, 3] and len(curve.mel) == 2 and all(len(r) == 3 for r in curve.mel)
+    assert model.training and all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    # Step 0 is the unadapted model's query loss; SGD on the support moves it.
+    model.eval()
+    support, query = episode_batches(model, data.collator, episodes[0], torch.device("cpu"))
+    with torch.no_grad():
+        direct = FastSpeech2Loss()(model(query), query).mel.item()
+    assert curve.mel[0][0] == pytest.approx(direct, rel=1e-6)
+    assert curve.mel[0][2] != curve.mel[0][0]
+    again = adaptation_curve(model, 0.5, episodes, data.collator, [0, 1, 3], config.model.speaker_groups)
+    assert again.mel == curve.mel  # eval mode: deterministic
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    meta_train(_config(Path(store), 3, "train.checkpoint_every=3"), out, **QUIET)
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_reach_the_same_parameters_as_one_process(store, tmp_path):
+    meta_train(_config(store, 3, "train.checkpoint_every=3"), tmp_path / "one", **QUIET)
+    mp.spawn(_rank, args=(2, _free_port(), str(store), str(tmp_path / "two")), nprocs=2, join=True)
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert one.keys() == two.keys()
+    # Bitwise: each task has the same dropout seed on any rank, and a sum of two gradients does not depend on order.
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=0, msg=name)
+    records = [json.loads(line) for line in (tmp_path / "two/log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "meta"] == [1, 2, 3]  # rank 0 alone logs

@@ -21,7 +21,10 @@ batches, Adam state) the peak-RSS mark is reset (``/proc/self/clear_refs`` = 5) 
 meta-step minus RSS before it: the step's own high-water growth (activations, the kept inner graphs, gradients).
 Where clear_refs is unavailable ``ru_maxrss`` is used instead (then set-up peaks may hide part of the growth).
 Time: one more process runs all variants round-robin on one model (a first warm-up round, then ``--repeats``
-rounds), so load from other processes on a shared machine hits every variant alike; ``*_ms`` is the median.
+rounds, the order rotating each round). ``*_ms`` is the median *CPU* time of the process (``time.process_time``, one torch thread): on a shared
+machine wall time swings with other processes' load (recorded too, as ``wall_ms``), CPU time much less.
+Memory against the inner step count (``memory_by_inner_steps``): the same fresh-process measurement for first and
+second order at each k of ``--memory-sweep`` (tiny model by default).
 Writes benchmarks/results/meta-step-<date>.json with `machine` (``metatts.runtime.env.machine_info``).
 """
 
@@ -215,13 +218,17 @@ def child(args: argparse.Namespace) -> None:
         print(json.dumps(agreement(*state[:3], state[4], args.inner_steps)))
         return
     if args.child == "timing":
-        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        for _ in range(args.repeats + 1):
-            for variant in VARIANTS:
-                start = time.perf_counter()
+        cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for round_ in range(args.repeats + 1):
+            # The order rotates every round: a variant that follows a memory-hungry one finds pages already mapped.
+            for variant in VARIANTS[round_ % len(VARIANTS):] + VARIANTS[:round_ % len(VARIANTS)]:
+                start, start_cpu = time.perf_counter(), time.process_time()
                 meta_step(variant, *state, args.inner_steps)
-                times[variant].append((time.perf_counter() - start) * 1000)
-        print(json.dumps({v: {"ms": statistics.median(t[1:]), "all_ms": t} for v, t in times.items()}))
+                cpu[variant].append((time.process_time() - start_cpu) * 1000)
+                wall[variant].append((time.perf_counter() - start) * 1000)
+        print(json.dumps({v: {"ms": statistics.median(cpu[v][1:]), "cpu_ms": cpu[v], "wall_ms": wall[v]}
+                          for v in VARIANTS}))
         return
     before = _rss_mb()
     try:
@@ -254,7 +261,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=5)
     parser.add_argument("--inner-steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up round (tiny)")
-    parser.add_argument("--paper-repeats", type=int, default=2, help="timed rounds after the warm-up round (paper)")
+    parser.add_argument("--paper-repeats", type=int, default=1, help="timed rounds after the warm-up round (paper)")
+    parser.add_argument("--memory-sweep", type=int, nargs="*", default=[1, 2, 5, 10],
+                        help="inner step counts of the memory-vs-k measurement")
+    parser.add_argument("--memory-sweep-presets", nargs="*", default=["tiny"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -269,7 +279,7 @@ def main() -> None:
                         "inner_steps": args.inner_steps, "threads": args.threads, "episode": "synthetic, demo shape",
                         "inner_lr": "learned per-element (Meta-SGD), all second-order variants",
                         "memory": "peak RSS growth of the first step in a fresh process (VmHWM reset after set-up)",
-                        "time": "median over rounds of all variants run in turn, after a warm-up round"},
+                        "time": "median CPU time over rounds of all variants run in turn, after a warm-up round"},
               "load_average_at_start": os.getloadavg()}
     for preset in args.presets:
         entry: dict = {"peak_mb": {}}
@@ -282,11 +292,21 @@ def main() -> None:
         for variant in VARIANTS:
             entry[f"{variant}_ms"] = round(timing[variant]["ms"], 1)
             print(f"{preset:6s} {variant:13s} {timing[variant]['ms']:10.1f} ms", flush=True)
-        entry["all_ms"] = {v: [round(t, 1) for t in timing[v]["all_ms"]] for v in VARIANTS}
+        entry["rounds_cpu_ms"] = {v: [round(t, 1) for t in timing[v]["cpu_ms"]] for v in VARIANTS}
+        entry["rounds_wall_ms"] = {v: [round(t, 1) for t in timing[v]["wall_ms"]] for v in VARIANTS}
         entry["agreement"] = run_child(preset, "agreement", args)
         entry["second_over_first_order"] = round(entry["second_order_ms"] / entry["first_order_ms"], 2)
         entry["params"] = sum(p.numel() for p in build_model(config_from_dict({}, [f"model.preset={preset}"]),
                                                               N_SYMBOLS, TRAIN_SPEAKERS).parameters())
+        if preset in args.memory_sweep_presets:
+            entry["memory_by_inner_steps"] = {}
+            for variant in ("first_order", "second_order"):
+                sweep = {}
+                for k in args.memory_sweep:
+                    sweep[k] = round(run_child(preset, variant, argparse.Namespace(**{**vars(args),
+                                                                                     "inner_steps": k}))["peak_mb"], 1)
+                    print(f"{preset:6s} {variant:13s} k={k:<3d} peak +{sweep[k]:8.1f} MB", flush=True)
+                entry["memory_by_inner_steps"][variant] = sweep
         result[preset] = entry
     result["load_average_at_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from metatts.meta.outer_loop import (MetaTrainingError, NotEnoughSpeakersError, 
                                      load_inner_lr, meta_train, task_loss)
 from metatts.model.acoustic import select_parameters
 from metatts.model.losses import FastSpeech2Loss
+from metatts.runtime.env import seed_everything
 from metatts.train.common import RunData, build_model
 from metatts.train.supervised import train
 
@@ -106,6 +107,24 @@ def test_meta_training_lowers_the_query_loss_after_adaptation(store, tmp_path):
     lr = load_inner_lr(tmp_path / "run/checkpoint")
     assert set(lr) == {"speaker.slot_embedding", "speaker.slot_norms"}
     assert not torch.allclose(lr["speaker.slot_norms"], torch.full_like(lr["speaker.slot_norms"], 0.1))
+
+
+def test_weights_init_and_rates_move_at_their_own_outer_rates(store, tmp_path):
+    """Adam moves an element by about its lr per step: after 4 steps with outer_lr 1e-5, init_lr 1e-2 and
+    rates_lr 3e-2, the weights barely change, the slot and the log-rates clearly do, each near its own scale."""
+    config = _config(store, 4, "meta.outer_lr=1e-5", "meta.init_lr=1e-2", "meta.rates_lr=3e-2",
+                     "train.warmup_steps=1", "meta.val_tasks=0")
+    meta_train(config, tmp_path / "run", **QUIET)
+    seed_everything(config.train.seed)  # meta_train's own start: seed, data, model
+    data = RunData.load(config)
+    start = build_model(config, len(data.symbols), len(data.speakers))
+    after = load_file(str(tmp_path / "run/checkpoint/model.safetensors"))
+    moved = {n: float((after[n] - p.detach()).abs().max()) for n, p in start.named_parameters()}
+    assert moved["speaker.slot_norms"] > 1e-2, moved["speaker.slot_norms"]
+    assert moved[THETA] < 1e-4, moved[THETA]
+    log_rates = load_inner_lr(tmp_path / "run/checkpoint")["speaker.slot_norms"].log()
+    step = float((log_rates - np.log(0.1)).abs().max())
+    assert 3e-2 < step <= 4 * 3e-2 + 1e-6, step
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(store, tmp_path):

@@ -139,8 +139,8 @@ class ModelConfig:
     encoder_layers: int = 2  # feed-forward transformer blocks in the encoder
     decoder_layers: int = 2  # feed-forward transformer blocks in the decoder
     heads: int = 2  # attention heads
-    conv_filter: int = 512  # inner width of the blocks' convolutional feed-forward
-    conv_kernel: int = 9  # kernel of the blocks' first feed-forward convolution
+    conv_filter: int = 256  # inner width of the blocks' convolutional feed-forward
+    conv_kernel: int = 3  # kernel of the blocks' first feed-forward convolution
     predictor_filter: int = 128  # width of the duration/pitch/energy predictors
     predictor_kernel: int = 3  # kernel of the predictors' convolutions
     pitch_bins: int = 128  # quantization bins of the pitch embedding
@@ -181,7 +181,9 @@ class MetaConfig:
     learn_inner_lr: bool = True  # learn a per-parameter inner learning rate (Meta-SGD)
     inner_lr_mode: str = "per_parameter"  # learned rates: per_parameter (one per element, Meta-SGD) | per_tensor
     first_order: bool = False  # drop second-order terms of the meta-gradient
-    outer_lr: float = 3e-4  # outer Adam learning rate (beta)
+    outer_lr: float = 3e-4  # outer Adam learning rate (beta) of the model's weights
+    init_lr: float = 3e-3  # outer Adam learning rate of the new-speaker slot φ0 (the initialization being meta-learned)
+    rates_lr: float = 1e-2  # outer Adam learning rate of the learned inner rates (log-parameterized: ~1 % per step)
     steps: int = 2000  # meta-updates
     seed: int = 0  # seed of the episode sampler
     val_tasks: int = 4  # fixed meta-validation episodes per meta-val speaker
@@ -192,7 +194,8 @@ class MetaConfig:
         _require(self.queries >= 1, f"{path}.queries", "must be at least 1")
         _require(self.meta_batch >= 1, f"{path}.meta_batch", "must be at least 1")
         _require(self.inner_steps >= 0, f"{path}.inner_steps", "must be >= 0")
-        _require(self.inner_lr > 0 and self.outer_lr > 0, f"{path}.inner_lr", "learning rates must be positive")
+        _require(self.inner_lr > 0 and self.outer_lr > 0 and self.init_lr > 0 and self.rates_lr > 0, f"{path}.inner_lr",
+                 "learning rates must be positive")
         _require(self.steps >= 0, f"{path}.steps", "must be >= 0")
         _require(self.inner_lr_mode in ("per_parameter", "per_tensor"), f"{path}.inner_lr_mode",
                  f"must be per_parameter or per_tensor, got {self.inner_lr_mode!r}")

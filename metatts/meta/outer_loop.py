@@ -36,8 +36,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -45,7 +43,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm import tqdm
@@ -63,7 +61,7 @@ from metatts.model.losses import FastSpeech2Loss, LossTerms, LossWeights
 from metatts.runtime.checkpoint import (CheckpointError, CheckpointMeta, load_state, load_weights, read_meta,
                                         save_checkpoint)
 from metatts.runtime.env import resolve_device, restore_rng_state, rng_state, seed_everything, set_threads
-from metatts.train.common import RunData, build_model, checkpoint_meta, warmup_inverse_sqrt
+from metatts.train.common import RunData, build_model, checkpoint_meta, compute_record, warmup_inverse_sqrt
 
 INNER_LR_FILE = "inner_lr.safetensors"
 QUERY_TERMS = ("mel", "postnet_mel", "duration", "pitch", "energy")  # FastSpeech 2 terms of the task losses
@@ -188,24 +186,13 @@ def save_meta_checkpoint(directory: str | Path, model: nn.Module, inner_lr: Inne
                          state: dict | None = None) -> Path:
     """A checkpoint folder plus ``inner_lr.safetensors``, swapped in atomically as one folder (a kill during the
     save leaves the previous checkpoint)."""
-    directory = Path(directory)
-    staging = directory.with_name(f".{directory.name}.staging-{os.getpid()}")
+    files = {}
     if inner_lr is not None:
         meta = dataclasses.replace(meta, extra={**meta.extra, "inner_lr": {
             "file": INNER_LR_FILE, "mode": inner_lr.mode, "parameterization": inner_lr.parameterization,
             "names": inner_lr.names}})
-    save_checkpoint(staging, model, meta, state)
-    if inner_lr is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in inner_lr.state_dict().items()},
-                  str(staging / INNER_LR_FILE))
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-        os.replace(staging, directory)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, directory)
-    return directory
+        files[INNER_LR_FILE] = inner_lr.state_dict()
+    return save_checkpoint(directory, model, meta, state, tensor_files=files)
 
 
 def _inner_lr_tensors(checkpoint: Path, meta: CheckpointMeta) -> dict[str, Tensor] | None:
@@ -243,6 +230,20 @@ class MetaResult:
     val: list[dict] = field(default_factory=list)  # {"step", "steps": [0..k], "mel": [...]}
     skipped_steps: int = 0
     seconds: float = 0.0
+
+
+def _param_groups(model: nn.Module, groups: Sequence[str], inner_lr: InnerLR | None, meta) -> list[dict]:
+    """Three outer learning rates. The weights θ move at ``meta.outer_lr`` like any fine-tuning; φ0 and the
+    inner rates are what meta-learning adds, and at θ's rate they barely move in a CPU-sized run (Adam's step is
+    ~lr per element: 3e-4 per step changes a log-rate by 0.05 in 150 steps, i.e. the rates stay where they
+    started), so they get their own, larger ``meta.init_lr`` and ``meta.rates_lr``."""
+    slot = select_parameters(model, groups)
+    slot_ids = {id(p) for p in slot.values()}
+    out = [{"params": [p for p in model.parameters() if id(p) not in slot_ids], "lr": meta.outer_lr, "name": "weights"},
+           {"params": list(slot.values()), "lr": meta.init_lr, "name": "init"}]
+    if inner_lr is not None:
+        out.append({"params": list(inner_lr.parameters()), "lr": meta.rates_lr, "name": "rates"})
+    return out
 
 
 def _task_seed(seed: int, step: int, index: int) -> int:
@@ -302,16 +303,18 @@ def _meta_train(config: Config, run: Path, context: mdist.DistContext, main: boo
     inner_lr = (InnerLR(select_parameters(model, groups), init=meta.inner_lr, mode=meta.inner_lr_mode).to(device)
                 if meta.learn_inner_lr else None)
     params = list(model.parameters()) + (list(inner_lr.parameters()) if inner_lr is not None else [])
-    optimizer = torch.optim.Adam(params, lr=meta.outer_lr, betas=(0.9, 0.98), eps=1e-9)
+    optimizer = torch.optim.Adam(_param_groups(model, groups, inner_lr, meta), betas=(0.9, 0.98), eps=1e-9)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                  lambda s: warmup_inverse_sqrt(s, config.train.warmup_steps))
     amp = config.train.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     start_step, skipped, consecutive_bad = 0, 0, 0
+    resumed_extra: dict | None = None  # the resumed checkpoint's metadata extras (its compute record)
 
     checkpoint = run / "checkpoint"
     if resume:
         state_meta = read_meta(checkpoint)
+        resumed_extra = state_meta.extra
         if state_meta.kind != "meta":
             raise CheckpointError(f"{checkpoint} is a {state_meta.kind!r} checkpoint, not a meta-train one: "
                                   f"start from it with --init-from instead of --resume")
@@ -354,7 +357,10 @@ def _meta_train(config: Config, run: Path, context: mdist.DistContext, main: boo
         state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                  "scaler": scaler.state_dict(), "rng": rng_state(), "step": step, "skipped": result.skipped_steps,
                  "consecutive_bad": consecutive_bad}
-        save_meta_checkpoint(checkpoint, model, inner_lr, checkpoint_meta(config, data, step, "meta"), state)
+        meta_info = checkpoint_meta(config, data, step, "meta")
+        meta_info.extra["compute"] = compute_record(step, time.perf_counter() - started, resumed_extra,
+                                                    None if resume else init_from)
+        save_meta_checkpoint(checkpoint, model, inner_lr, meta_info, state)
 
     def validate(step: int) -> None:
         if not val_episodes:

@@ -54,8 +54,10 @@ GROUPS = tuple(dict.fromkeys(group for _, group in _GROUP_PREFIXES))
 SPEAKER_GROUPS = ("speaker_embedding", "speaker_norms")  # the per-speaker (fast) groups: the slot tensors
 
 _PRESETS = {
-    # Learns on a CPU in minutes; the ModelConfig defaults.
-    "tiny": dict(hidden=128, encoder_layers=2, decoder_layers=2, heads=2, conv_filter=512, conv_kernel=9,
+    # Learns on a CPU in minutes; the ModelConfig defaults. FastSpeech's (1) feed-forward kernel 3 and a 256-wide
+    # filter instead of FastSpeech 2's 9 and 1024: the decoder's convolutions dominate CPU time (a 5-clip inner step
+    # measured 1.6x faster than with kernel 9 / filter 512, 1.8 M parameters fewer).
+    "tiny": dict(hidden=128, encoder_layers=2, decoder_layers=2, heads=2, conv_filter=256, conv_kernel=3,
                  predictor_filter=128, predictor_kernel=3, pitch_bins=128, energy_bins=128, speaker_dim=64,
                  dropout=0.1, postnet=False),
     # Meta-TTS / FastSpeech 2 (ming024) sizes.

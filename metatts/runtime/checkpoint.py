@@ -49,8 +49,10 @@ class CheckpointMeta:
 
 
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, meta: CheckpointMeta,
-                    state: dict | None = None) -> Path:
-    """Write a checkpoint folder atomically and return its path."""
+                    state: dict | None = None, tensor_files: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write a checkpoint folder atomically and return its path. ``tensor_files`` adds safetensors files beside
+    the weights (file name -> tensors), inside the same atomic swap (a kill during the save leaves the previous
+    checkpoint whole)."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     if tmp.exists():
@@ -61,6 +63,8 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, meta: Checkpo
     (tmp / "meta.json").write_text(json.dumps(meta.__dict__, indent=1))
     if state is not None:
         torch.save(state, tmp / "state.pt")
+    for name, file_tensors in (tensor_files or {}).items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in file_tensors.items()}, str(tmp / name))
     if directory.exists():
         old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
         os.replace(directory, old)

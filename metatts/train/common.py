@@ -102,3 +102,29 @@ def mel_image(mel: torch.Tensor) -> np.ndarray:
     scaled = np.clip((values - lo) / max(hi - lo, 1e-6), 0, 1)
     rgb = colormaps["magma"](scaled)[..., :3]
     return (rgb.transpose(2, 0, 1) * 255).astype(np.uint8)
+
+
+def compute_record(updates: int, seconds: float, resumed_from: dict | None = None,
+                   init_from: str | Path | None = None) -> dict:
+    """What a checkpoint records of the training compute behind it (``CheckpointMeta.extra["compute"]``): its
+    updates, the wall seconds of the run(s) that made them (a resumed run adds the seconds its checkpoint recorded),
+    and the compute record of the checkpoint it was initialized from, so a meta run started from a ``metatts train``
+    checkpoint carries the cost of both (``metatts evaluate`` sums them)."""
+    record = {"updates": int(updates), "seconds": float(seconds), "init_from": None}
+    if resumed_from is not None:
+        previous = resumed_from.get("compute")
+        if previous is None:
+            # Resumed from a checkpoint saved before compute was recorded: the seconds before it are unknown.
+            record["seconds_before_resume_unknown"] = True
+        else:
+            record["seconds"] += float(previous.get("seconds") or 0.0)
+            record["init_from"] = previous.get("init_from")
+            if previous.get("seconds_before_resume_unknown"):
+                record["seconds_before_resume_unknown"] = True
+    if init_from is not None:
+        from metatts.runtime.checkpoint import read_meta
+
+        source = read_meta(init_from)
+        record["init_from"] = {"checkpoint": str(init_from), "kind": source.kind, "step": source.step,
+                               "compute": source.extra.get("compute")}
+    return record

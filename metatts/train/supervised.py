@@ -27,7 +27,7 @@ from metatts.episodes.sampler import BatchSampler
 from metatts.model.losses import FastSpeech2Loss, LossWeights
 from metatts.runtime.checkpoint import load_state, load_weights, read_meta, save_checkpoint
 from metatts.runtime.env import resolve_device, restore_rng_state, rng_state, seed_everything, set_threads
-from metatts.train.common import RunData, build_model, checkpoint_meta, mel_image, warmup_inverse_sqrt
+from metatts.train.common import RunData, build_model, checkpoint_meta, compute_record, mel_image, warmup_inverse_sqrt
 
 
 class TrainingError(RuntimeError):
@@ -111,10 +111,12 @@ def train(config: Config, run: str | Path, *, resume: bool = False, init_from: s
     amp = config.train.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     start_step, skipped = 0, 0
+    resumed_extra: dict | None = None  # the resumed checkpoint's metadata extras (its compute record)
 
     checkpoint = run / "checkpoint"
     if resume:
         meta = read_meta(checkpoint)
+        resumed_extra = meta.extra
         load_weights(checkpoint, model)
         state = load_state(checkpoint)
         optimizer.load_state_dict(state["optimizer"])
@@ -142,7 +144,10 @@ def train(config: Config, run: str | Path, *, resume: bool = False, init_from: s
     def save(step: int) -> None:
         state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                  "scaler": scaler.state_dict(), "rng": rng_state(), "step": step, "skipped": result.skipped_steps}
-        save_checkpoint(checkpoint, model, checkpoint_meta(config, data, step, "train"), state)
+        meta = checkpoint_meta(config, data, step, "train")
+        meta.extra["compute"] = compute_record(step, time.perf_counter() - started, resumed_extra,
+                                               None if resume else init_from)
+        save_checkpoint(checkpoint, model, meta, state)
 
     if start_step == 0 and config.train.steps > 0:
         # The untrained model's validation loss: the start that later validation losses are read against.

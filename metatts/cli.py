@@ -196,6 +196,40 @@ def cmd_tasks(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from metatts.evaluation.harness import METHODS, run_evaluation
+
+    methods = [m.strip() for item in args.methods or METHODS for m in item.split(",") if m.strip()]
+    steps = [int(s) for item in args.steps for s in str(item).split(",") if s.strip()] if args.steps else None
+    out = Path(args.out) if args.out else Path("runs") / "evaluate" / Path(args.task).stem
+    results = run_evaluation(args.checkpoint, args.baseline, args.task, out, methods=methods,
+                             steps=steps or (0, 1, 2, 5, 10, 20, 50, 100), vocoder=args.vocoder, device=args.device,
+                             samples=args.samples, progress=not args.quiet, features=args.features,
+                             baseline_lr=args.baseline_lr, full_lr=args.full_lr, threads=args.threads,
+                             speakers=args.max_speakers, tasks_per_speaker=args.tasks_per_speaker)
+    print("speaker similarity (mean over episodes)")
+    print("method".ljust(10) + "".join(f"{f'k={k}':>8}" for k in results["steps"]))
+    for method in results["methods"]:
+        values = results["similarity"][method]
+        print(method.ljust(10) + "".join(f"{values[str(k)]:8.3f}" if values[str(k)] is not None else f"{'-':>8}"
+                                         for k in results["steps"]))
+    print(f"wrote {out / 'results.json'}, results.md, similarity.png, eer.png, samples/, tb/ "
+          f"({results['seconds']:.0f} s)")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from metatts.evaluation.bench import run_bench
+
+    record, path = run_bench(args.evaluation, args.checkpoint, clips=args.clips, out=args.out, threads=args.threads,
+                             runs=args.runs)
+    ratio = record["steps_ratio_vs_baseline"]
+    timing = record["adapt_seconds_5clips_10steps"]
+    print(f"steps ratio vs baseline: {ratio['value'] if ratio['value'] is not None else 'n/a (' + ratio['reason'] + ')'}")
+    print(f"adapt 5 clips x 10 steps: {timing['wall_median']:.2f} s wall, {timing['cpu_median']:.2f} s CPU "
+          f"({timing['threads']} threads); voice pack {record['voice_pack_bytes']['file']} bytes")
+    print(f"wrote {path}")
+
+
 def cmd_align(args: argparse.Namespace) -> None:
     import torch
 
@@ -323,6 +357,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the curves (per episode) to this JSON file")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("evaluate", help="meta vs baselines on a task suite: similarity, EER, MCD, F0, mel L1 per step")
+    p.add_argument("--checkpoint", help="the meta-trained checkpoint (needed by the meta method)")
+    p.add_argument("--baseline", help="the multi-speaker `metatts train` checkpoint (baseline, full, none, dvector)")
+    p.add_argument("--task", required=True, help="task suite YAML (tasks/*.yaml)")
+    p.add_argument("--features", help="feature store (overrides the suite's features)")
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="meta baseline full none dvector (default: all)")
+    p.add_argument("--steps", nargs="+", metavar="K", help="step counts (default 0 1 2 5 10 20 50 100)")
+    p.add_argument("--out", help="output folder (default runs/evaluate/<suite name>)")
+    p.add_argument("--vocoder", default="griffinlim",
+                   help="griffinlim (default: fast enough for every step of every method), hifigan, or a path")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--baseline-lr", type=float, help="SGD rate of the baseline (default: its meta.inner_lr)")
+    p.add_argument("--full-lr", type=float, default=1e-4, help="Adam rate of full fine-tuning (default 1e-4)")
+    p.add_argument("--samples", type=int, default=1, help="audio samples per speaker and step (default 1)")
+    p.add_argument("--max-speakers", type=int, help="evaluate only the first N speakers of the suite")
+    p.add_argument("--tasks-per-speaker", type=int, help="override the suite's tasks_per_speaker")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="adaptation benchmark: steps ratio, adapt time, pack size, RTF -> dated JSON")
+    p.add_argument("--evaluation", required=True, help="results.json written by `metatts evaluate`")
+    p.add_argument("--checkpoint", required=True, help="the meta-trained checkpoint")
+    p.add_argument("--clips", help="folder of clips with <clip>.txt transcripts (default: 5 utterances of the "
+                                   "evaluation's first held-out speaker)")
+    p.add_argument("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads for the timings (default 2)")
+    p.add_argument("--runs", type=int, default=3, help="timed adaptation runs after a warm-up (default 3)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

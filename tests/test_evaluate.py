@@ -1,0 +1,203 @@
+"""`metatts evaluate` on a tiny baseline and a tiny meta checkpoint initialized from it: every method gives finite
+numbers at every step on the same frozen episodes, adaptation moves the query loss, the outputs exist, the ridge
+projection recovers a known linear map, compute is recorded in checkpoints, and bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from metatts.cli import main
+from metatts.config import config_from_dict
+from metatts.corpus.splits import SpeakerSplits
+from metatts.episodes.tasks import frozen_episodes, load_task_suite
+from metatts.evaluation.harness import (METHODS, EvaluationError, check_checkpoints, fit_ridge, ridge_loo_error,
+                                        run_evaluation, training_compute)
+from metatts.features.prepare import prepare
+from metatts.features.store import FeatureStore
+from metatts.meta.outer_loop import meta_train
+from metatts.train.supervised import train
+from tiny import TEXTS, TINY_MODEL, synthesize_corpus
+
+VOICES = ("m1", "f2", "m3", "f4", "m7", "f3")  # 3 train, 1 val, 2 test speakers
+DATA = ["data.min_utterances_per_speaker=4", "data.val_speakers=1", "data.test_speakers=2", "meta.shots=2",
+        "meta.queries=2"]
+QUIET = dict(progress=False, log=lambda *_: None)
+STEPS = (0, 1, 4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory) -> dict[str, Path]:
+    """A store of 6 espeak voices x 5 sentences, a tiny baseline trained 40 steps, a meta checkpoint meta-trained
+    3 steps from it, and a 2-speaker task suite over the store's test split."""
+    root = tmp_path_factory.mktemp("evaluate")
+    synthesize_corpus(root / "corpus", VOICES, TEXTS)
+    prepare(config_from_dict({}, [f"data.corpus={root / 'corpus'}", f"data.features={root / 'store'}",
+                                  "data.layout=folder", "data.workers=1", *DATA]), **QUIET)
+    common = [f"data.features={root / 'store'}", *DATA, *TINY_MODEL, "train.threads=1", "train.batch_size=6",
+              "train.lr=3e-3", "train.warmup_steps=5", "train.val_every=1000", "train.log_every=10"]
+    train(config_from_dict({}, [*common, "train.steps=40"]), root / "train", **QUIET)
+    meta_train(config_from_dict({}, [*common, "meta.steps=3", "meta.meta_batch=2", "meta.inner_steps=2",
+                                     "meta.val_tasks=0", "train.checkpoint_every=3"]),
+               root / "meta", init_from=root / "train" / "checkpoint", **QUIET)
+    suite = root / "tiny.yaml"
+    suite.write_text(yaml.safe_dump({"corpus": "corpus", "features": str(root / "store"), "split": "test",
+                                     "shots": 2, "queries": 2, "tasks_per_speaker": 1, "seed": 0,
+                                     "step_grid": list(STEPS)}))
+    return {"root": root, "base": root / "train" / "checkpoint", "meta": root / "meta" / "checkpoint",
+            "suite": suite, "store": root / "store"}
+
+
+@pytest.fixture(scope="session")
+def evaluation(tiny_runs) -> tuple[dict, Path]:
+    pytest.importorskip("resemblyzer", reason="speaker similarity and EER need Resemblyzer (the eval extra)")
+    out = tiny_runs["root"] / "eval"
+    results = run_evaluation(tiny_runs["meta"], tiny_runs["base"], tiny_runs["suite"], out, steps=STEPS,
+                             samples=1, threads=1, **QUIET)
+    return results, out
+
+
+def test_every_method_gives_finite_numbers_at_every_step(evaluation):
+    results, _ = evaluation
+    assert results["methods"] == list(METHODS)
+    for metric in ("similarity", "eer", "mcd", "mel_l1"):
+        for method in METHODS:
+            values = results[metric][method]
+            assert list(values) == [str(k) for k in STEPS], (metric, method)
+            assert all(v is not None and math.isfinite(v) for v in values.values()), (metric, method, values)
+    for method in METHODS:
+        assert all(0.0 <= v <= 1.0 for v in results["eer"][method].values())
+        assert all(-1.0 <= v <= 1.0 for v in results["similarity"][method].values())
+    # Flat methods repeat one evaluation; the gradient methods are scored at each step.
+    for method in ("none", "dvector"):
+        assert len(set(results["mel_l1"][method].values())) == 1
+    assert len(set(results["mel_l1"]["meta"].values())) == len(STEPS)
+
+
+def test_methods_share_the_suites_frozen_episodes(evaluation, tiny_runs):
+    results, _ = evaluation
+    suite = load_task_suite(tiny_runs["suite"])
+    store = FeatureStore(tiny_runs["store"])
+    expected = frozen_episodes(suite, store, SpeakerSplits.load(tiny_runs["store"] / "splits.json"))
+    assert [(e["speaker"], e["support"], e["query"]) for e in results["episodes"]] == \
+        [(e.speaker, list(e.support), list(e.query)) for e in expected]
+    assert len({e["speaker"] for e in results["episodes"]}) == 2
+    # The baseline, full fine-tuning and no adaptation start from the same model: on the same episodes their
+    # step-0 numbers are identical, episode by episode.
+    for metric in ("mel_l1", "similarity", "mcd"):
+        rows = {m: [row[0] for row in results["per_episode"][metric][m]] for m in ("baseline", "full", "none")}
+        assert rows["baseline"] == rows["full"] == rows["none"], metric
+
+
+def test_adaptation_lowers_the_query_loss(evaluation):
+    results, _ = evaluation
+    for method in ("baseline", "full", "meta"):
+        first, last = results["mel_l1"][method][str(STEPS[0])], results["mel_l1"][method][str(STEPS[-1])]
+        assert last < first, (method, first, last)
+
+
+def test_outputs_exist(evaluation):
+    results, out = evaluation
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["similarity"] == results["similarity"]
+    for key in ("similarity", "eer", "mcd", "f0_rmse", "mel_l1", "spread", "compute", "episodes", "suite",
+                "checkpoints", "vocoder", "machine"):
+        assert key in on_disk, key
+    table = (out / "results.md").read_text()
+    assert all(f"| {m} |" in table for m in METHODS) and "compute" in table
+    for png in ("similarity.png", "eer.png"):
+        assert (out / png).stat().st_size > 5000
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    speakers = {e["speaker"] for e in results["episodes"]}
+    for method in ("meta", "baseline", "full"):
+        for k in STEPS:
+            assert {p.stem for p in (out / "samples" / method / f"step{k}").glob("*.wav")} == \
+                {f"{s}-0" for s in speakers}
+    assert len(list((out / "samples" / "none" / f"step{STEPS[0]}").glob("*.wav"))) == 2
+    assert (out / "dvector_projection.safetensors").is_file() and (out / "cache" / "dvectors.npz").is_file()
+
+
+def test_compute_is_recorded_and_the_meta_run_includes_its_initialization(evaluation, tiny_runs):
+    results, _ = evaluation
+    base = training_compute(tiny_runs["base"])
+    assert base["updates"] == 40 and base["seconds"] > 0 and base["source"] == "checkpoint metadata"
+    meta = results["compute"]["meta"]
+    assert meta["updates"] == 43 and meta["init_from"]["compute"]["updates"] == 40
+    assert meta["seconds"] > base["seconds"]
+    assert results["compute"]["baseline"]["adapt_updates"] == STEPS[-1]
+    assert results["compute"]["none"]["adapt_updates"] == 0
+    assert all(results["compute"][m]["adapt_seconds"] > 0 for m in ("meta", "baseline", "full", "dvector"))
+
+
+def test_ridge_recovers_a_known_linear_map():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(8, 5)), rng.normal(size=5)
+    x = rng.normal(size=(200, 8))
+    fit = fit_ridge(x, x @ a + b, 1e-9)
+    np.testing.assert_allclose(fit.weight, a, atol=1e-6)
+    x_new = rng.normal(size=(3, 8))
+    np.testing.assert_allclose(fit(x_new), x_new @ a + b, atol=1e-6)
+    # Fewer rows than features (the d-vector case): the dual solution interpolates the rows, and a large penalty
+    # shrinks every prediction to the mean row.
+    wide = rng.normal(size=(6, 30))
+    targets = rng.normal(size=(6, 4))
+    np.testing.assert_allclose(fit_ridge(wide, targets, 1e-10)(wide), targets, atol=1e-6)
+    np.testing.assert_allclose(fit_ridge(wide, targets, 1e9)(wide), np.tile(targets.mean(0), (6, 1)), atol=1e-6)
+    # Leave-one-out error prefers a small penalty when the map is exactly linear.
+    assert ridge_loo_error(x[:40], x[:40] @ a, 1e-6) < ridge_loo_error(x[:40], x[:40] @ a, 1e3)
+
+
+def test_input_checks(tiny_runs, tmp_path):
+    with pytest.raises(EvaluationError, match="unknown method 'maml'"):
+        check_checkpoints(tiny_runs["meta"], tiny_runs["base"], ["meta", "maml"])
+    with pytest.raises(EvaluationError, match="baseline .* is a 'meta' checkpoint"):
+        check_checkpoints(tiny_runs["meta"], tiny_runs["meta"], ["meta", "baseline"])
+    with pytest.raises(EvaluationError, match="not a meta-trained one"):
+        check_checkpoints(tiny_runs["base"], tiny_runs["base"], ["meta", "baseline"])
+    # Only what the methods need is required.
+    assert check_checkpoints(None, tiny_runs["base"], ["baseline", "none"])[0] is None
+
+
+def _run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(["evaluate", *argv, "--quiet"])
+    return code, capsys.readouterr().err.strip()
+
+
+def test_cli_errors_exit_2_with_one_line(tiny_runs, tmp_path, capsys):
+    meta, base, suite = str(tiny_runs["meta"]), str(tiny_runs["base"]), str(tiny_runs["suite"])
+    cases = [
+        (["--checkpoint", str(tmp_path / "nope"), "--baseline", base, "--task", suite], "does not exist"),
+        (["--checkpoint", meta, "--baseline", base, "--task", suite, "--methods", "meta", "magic"],
+         "unknown method 'magic'"),
+        (["--checkpoint", meta, "--baseline", meta, "--task", suite], "is a 'meta' checkpoint"),
+        (["--checkpoint", meta, "--baseline", base, "--task", suite, "--features", str(tmp_path / "nostore"),
+          "--out", str(tmp_path / "o")], "does not exist or is not prepared"),
+        (["--baseline", base, "--task", suite], "need the meta checkpoint"),
+    ]
+    other = tmp_path / "other-symbols"
+    shutil.copytree(tiny_runs["base"], other)
+    info = json.loads((other / "meta.json").read_text())
+    table = json.loads(info["symbols"])
+    table["symbols" if isinstance(table, dict) and "symbols" in table else next(iter(table))].append("zz")
+    info["symbols"] = json.dumps(table)
+    (other / "meta.json").write_text(json.dumps(info))
+    cases.append((["--checkpoint", meta, "--baseline", str(other), "--task", suite], "different phoneme symbol"))
+    for argv, message in cases:
+        code, err = _run_cli(capsys, *argv)
+        assert code == 2, (argv, err)
+        assert len(err.splitlines()) == 1 and message in err, (argv, err)

@@ -42,7 +42,7 @@ DATA = ["data.min_utterances_per_speaker=4", "data.val_speakers=1", "data.test_s
         "meta.queries=2"]
 TINY = ["model.preset=custom", "model.hidden=32", "model.heads=2", "model.encoder_layers=1", "model.decoder_layers=1",
         "model.conv_filter=64", "model.predictor_filter=32", "model.speaker_dim=16", "model.pitch_bins=16",
-        "model.energy_bins=16", "model.max_speakers=8", "train.warmup_steps=2", "train.threads=1",
+        "model.energy_bins=16", "model.max_speakers=8", "meta.warmup_steps=2", "train.threads=1",
         "train.log_every=1", "train.val_every=1000", "train.checkpoint_every=3", "meta.meta_batch=2",
         "meta.inner_steps=2", "meta.outer_lr=3e-3", "meta.val_tasks=1", "train.batch_size=4"]
 QUIET = dict(progress=False, log=lambda *_: None)
@@ -91,7 +91,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_meta_training_lowers_the_query_loss_after_adaptation(store, tmp_path):
-    result = meta_train(_config(store, 30, "train.val_every=30", "meta.outer_lr=1e-2", "train.warmup_steps=5"),
+    result = meta_train(_config(store, 30, "train.val_every=30", "meta.outer_lr=1e-2", "meta.warmup_steps=5"),
                         tmp_path / "run", **QUIET)
     assert result.step == 30 and result.skipped_steps == 0
     query = [r["query_mel"] for r in result.train]
@@ -113,7 +113,7 @@ def test_weights_init_and_rates_move_at_their_own_outer_rates(store, tmp_path):
     """Adam moves an element by about its lr per step: after 4 steps with outer_lr 1e-5, init_lr 1e-2 and
     rates_lr 3e-2, the weights barely change, the slot and the log-rates clearly do, each near its own scale."""
     config = _config(store, 4, "meta.outer_lr=1e-5", "meta.init_lr=1e-2", "meta.rates_lr=3e-2",
-                     "train.warmup_steps=1", "meta.val_tasks=0")
+                     "meta.warmup_steps=1", "meta.val_tasks=0")
     meta_train(config, tmp_path / "run", **QUIET)
     seed_everything(config.train.seed)  # meta_train's own start: seed, data, model
     data = RunData.load(config)

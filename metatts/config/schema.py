@@ -185,6 +185,7 @@ class MetaConfig:
     init_lr: float = 3e-3  # outer Adam learning rate of the new-speaker slot φ0 (the initialization being meta-learned)
     rates_lr: float = 1e-2  # outer Adam learning rate of the learned inner rates (log-parameterized: ~1 % per step)
     steps: int = 2000  # meta-updates
+    warmup_steps: int = 20  # outer learning-rate warm-up, then inverse-square-root decay (meta-updates; 0: constant)
     seed: int = 0  # seed of the episode sampler
     val_tasks: int = 4  # fixed meta-validation episodes per meta-val speaker
     max_bad_steps: int = 10  # consecutive meta-steps with a non-finite loss or gradient before training stops
@@ -197,6 +198,7 @@ class MetaConfig:
         _require(self.inner_lr > 0 and self.outer_lr > 0 and self.init_lr > 0 and self.rates_lr > 0, f"{path}.inner_lr",
                  "learning rates must be positive")
         _require(self.steps >= 0, f"{path}.steps", "must be >= 0")
+        _require(self.warmup_steps >= 0, f"{path}.warmup_steps", "must be >= 0 (0: no warm-up, no decay)")
         _require(self.inner_lr_mode in ("per_parameter", "per_tensor"), f"{path}.inner_lr_mode",
                  f"must be per_parameter or per_tensor, got {self.inner_lr_mode!r}")
         _require(self.val_tasks >= 0, f"{path}.val_tasks", "must be >= 0 (0 turns meta-validation off)")

@@ -116,18 +116,19 @@ def _eligibility(speaker_counts: dict[str, int], min_utterances: int) -> tuple[l
 def make_splits(speaker_counts: dict[str, int], val_speakers: int, test_speakers: int, seed: int,
                 min_utterances: int) -> SpeakerSplits:
     """Split speakers (speaker id -> usable utterances) into train/val/test; deterministic in ``seed``.
-    At least one speaker must be left to train on."""
+    Every speaker may be held out: a test-only store (LibriTTS test-clean beside a train-clean-100 one) is how a
+    corpus's own test subset becomes a task suite; training on a store without train speakers fails clearly."""
     if val_speakers < 0 or test_speakers < 0:
         raise SplitError(f"speaker counts must be >= 0, got val_speakers={val_speakers}, "
                          f"test_speakers={test_speakers}")
     if min_utterances < 1:
         raise SplitError(f"min_utterances must be at least 1, got {min_utterances}")
     eligible, excluded = _eligibility(speaker_counts, min_utterances)
-    needed = val_speakers + test_speakers + 1
+    needed = max(1, val_speakers + test_speakers)
     if len(eligible) < needed:
         raise SplitError(
             f"not enough speakers: {len(eligible)} of {len(speaker_counts)} have at least {min_utterances} "
-            f"utterances, and {test_speakers} test + {val_speakers} val + at least 1 train = {needed} are needed; "
+            f"utterances, and {test_speakers} test + {val_speakers} val = {needed} are needed (at least 1); "
             f"lower data.test_speakers, data.val_speakers or data.min_utterances_per_speaker")
     ranked = sorted(eligible, key=lambda speaker: _rank_key(seed, speaker))
     return SpeakerSplits(train=sorted(ranked[test_speakers + val_speakers:]),

@@ -305,7 +305,7 @@ def _meta_train(config: Config, run: Path, context: mdist.DistContext, main: boo
     params = list(model.parameters()) + (list(inner_lr.parameters()) if inner_lr is not None else [])
     optimizer = torch.optim.Adam(_param_groups(model, groups, inner_lr, meta), betas=(0.9, 0.98), eps=1e-9)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer,
-                                                 lambda s: warmup_inverse_sqrt(s, config.train.warmup_steps))
+                                                 lambda s: warmup_inverse_sqrt(s, meta.warmup_steps))
     amp = config.train.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     start_step, skipped, consecutive_bad = 0, 0, 0

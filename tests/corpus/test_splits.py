@@ -47,9 +47,14 @@ def test_adding_a_speaker_moves_at_most_one_held_out_speaker():
 
 def test_not_enough_speakers_is_a_clear_error():
     with pytest.raises(SplitError, match="not enough speakers: 2 of 4 .* = 3 are needed"):
-        make_splits({"a": 10, "b": 10, "c": 1, "d": 1}, val_speakers=1, test_speakers=1, seed=0, min_utterances=5)
+        make_splits({"a": 10, "b": 10, "c": 1, "d": 1}, val_speakers=1, test_speakers=2, seed=0, min_utterances=5)
     with pytest.raises(SplitError):
         make_splits({"a": 10}, val_speakers=0, test_speakers=0, seed=0, min_utterances=11)
+
+
+def test_a_test_only_store_holds_every_speaker_out():
+    splits = make_splits({"a": 10, "b": 10, "c": 1}, val_speakers=0, test_speakers=2, seed=0, min_utterances=5)
+    assert splits.train == [] and splits.test == ["a", "b"] and set(splits.excluded) == {"c"}
 
 
 def test_save_load_round_trip_is_atomic_json(tmp_path):

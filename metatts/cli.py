@@ -161,6 +161,16 @@ def cmd_meta_train(args: argparse.Namespace) -> None:
           f"checkpoint {run / 'checkpoint'}")
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from metatts.demo import run_demo
+
+    result = run_demo(args.out, budget=args.budget, config=args.config, overrides=args.set or [], vocoder=args.vocoder,
+                      threads=args.threads, progress=not args.quiet)
+    reused = [n for n, s in result.stages.items() if s["reused"]]
+    print(f"demo finished in {result.seconds:.0f} s ({len(result.ran)} stages ran, {len(reused)} reused); "
+          f"report {result.report}")
+
+
 def cmd_tasks(args: argparse.Namespace) -> None:
     import json
 
@@ -345,6 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="CHECKPOINT", help="start from a checkpoint's weights (e.g. metatts train)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_meta_train)
+
+    p = with_config(sub.add_parser("demo", help="the whole pipeline on the offline demo corpus, from nothing to a "
+                                                "report (resumable: a re-run reuses finished stages)"))
+    p.set_defaults(config=None)
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--budget", choices=("default", "smoke"), default="default",
+                   help="default: the config's training budget (about 15 minutes on 2 cores); smoke: seconds")
+    p.add_argument("--vocoder", default=None, help="hifigan (default; Griffin-Lim if absent), griffinlim, or a path")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the config's train.threads)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("tasks", help="a few-shot task suite: its frozen episodes, and adaptation curves of checkpoints")
     p.add_argument("suite", help="task suite YAML (tasks/*.yaml)")

@@ -165,7 +165,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from metatts.demo import run_demo
 
     result = run_demo(args.out, budget=args.budget, config=args.config, overrides=args.set or [], vocoder=args.vocoder,
-                      threads=args.threads, progress=not args.quiet)
+                      threads=args.threads, harness=args.harness, progress=not args.quiet)
     reused = [n for n, s in result.stages.items() if s["reused"]]
     print(f"demo finished in {result.seconds:.0f} s ({len(result.ran)} stages ran, {len(reused)} reused); "
           f"report {result.report}")
@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the config's training budget (about 15 minutes on 2 cores); smoke: seconds")
     p.add_argument("--vocoder", default=None, help="hifigan (default; Griffin-Lim if absent), griffinlim, or a path")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the config's train.threads)")
+    p.add_argument("--harness", action="store_true",
+                   help="stage 7 also runs `metatts evaluate` (speaker similarity, EER) on the adapted speakers: "
+                        "minutes more per step count")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 

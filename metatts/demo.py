@@ -69,7 +69,6 @@ class DemoBudget:
     sentences: int  # new sentences synthesized per adapted speaker and method
     eval_steps: tuple[int, ...]  # inner-step counts of the meta-vs-baseline comparison
     eval_tasks_per_speaker: int | None  # episodes per held-out speaker (None: the task suite's)
-    eval_harness: bool  # use metatts.evaluation.harness (speaker similarity, EER, ...) when it is installed
     overrides: tuple[str, ...] = ()  # config overrides (key.path=value) applied before the user's --set
 
 
@@ -81,11 +80,11 @@ _SMOKE_MODEL = ("model.preset=custom", "model.hidden=32", "model.heads=2", "mode
 BUDGETS: dict[str, DemoBudget] = {
     # train/meta-train steps: configs/demo.yaml. Evaluation: 6 test speakers x 2 episodes x 2 models, grid to 10.
     "default": DemoBudget(name="default", corpus_speakers=40, corpus_sentences=25, adapt_speakers=3, adapt_steps=10,
-                          sentences=2, eval_steps=(0, 1, 2, 5, 10), eval_tasks_per_speaker=2, eval_harness=True),
+                          sentences=2, eval_steps=(0, 1, 2, 5, 10), eval_tasks_per_speaker=2),
     # Every stage end to end in seconds: 6 voices x 10 sentences (3 train, 1 val, 2 test speakers), a tiny model.
     "smoke": DemoBudget(
         name="smoke", corpus_speakers=6, corpus_sentences=10, adapt_speakers=2, adapt_steps=2, sentences=1,
-        eval_steps=(0, 1, 2), eval_tasks_per_speaker=1, eval_harness=False,
+        eval_steps=(0, 1, 2), eval_tasks_per_speaker=1,
         overrides=(*_SMOKE_MODEL, "data.workers=1", "data.val_speakers=1", "data.test_speakers=2",
                    "data.min_utterances_per_speaker=10", "train.steps=6", "train.batch_size=4",
                    "train.warmup_steps=2", "train.log_every=1", "train.val_every=1000", "train.checkpoint_every=1000",
@@ -191,7 +190,8 @@ class Demo:
 
     def __init__(self, out: str | os.PathLike, *, budget: str = "default", config: str | os.PathLike | None = None,
                  overrides: Sequence[str] = (), suite: str | os.PathLike | None = None, vocoder: str | None = None,
-                 threads: int = 0, progress: bool = True, log: Callable[[str], None] = print):
+                 threads: int = 0, harness: bool = False, progress: bool = True,
+                 log: Callable[[str], None] = print):
         from metatts.config import load_config
 
         if budget not in BUDGETS:
@@ -208,6 +208,9 @@ class Demo:
         self.overrides = [*self.budget.overrides, *self.user_overrides, *threads_override]
         self.config = load_config(self.config_path, [*self.overrides, *paths])
         self.vocoder_name = vocoder
+        if harness and not harness_available():
+            raise DemoError("--harness needs metatts.evaluation.harness and its extras (pip install -e '.[eval]')")
+        self.harness = harness
         self.threads = threads
         self.progress = progress
         self.log = log
@@ -242,7 +245,7 @@ class Demo:
         return keys
 
     def _evaluation_method(self) -> str:
-        return "harness" if self.budget.eval_harness and harness_available() else "curve"
+        return "curve+harness" if self.harness else "curve"
 
     def _outputs_present(self, name: str) -> bool:
         record = self.state.stage(name)
@@ -497,9 +500,11 @@ class Demo:
     def stage_evaluate(self, resume: bool) -> dict:
         folder = self.state.clear("eval")
         folder.mkdir(parents=True)
-        if self._evaluation_method() == "harness":
-            return self._evaluate_harness(folder)
-        return self._evaluate_curve(folder)
+        record = self._evaluate_curve(folder)
+        if self.harness:
+            record["harness"] = self._evaluate_harness(folder)
+            record["outputs"] += record["harness"].pop("outputs")
+        return record
 
     def _evaluate_curve(self, folder: Path) -> dict:
         from metatts.episodes.tasks import episodes_digest
@@ -529,15 +534,19 @@ class Demo:
         grid = list(self.budget.eval_steps)
         suite = self._suite()
         ckpt = self.checkpoints()
+        # The adapted speakers, one episode each: vocoding and embedding every query at every step is costly.
+        speakers = sorted(self.state.stage("adapt").get("speakers", {})) or self.budget.adapt_speakers
         results = run_evaluation(ckpt["meta"], ckpt["baseline"], suite, folder, methods=("meta", "baseline", "none"),
                                  steps=grid, vocoder="griffinlim", device="cpu", samples=1, progress=self.progress,
-                                 log=self.log, baseline_lr=self.config.meta.inner_lr)
+                                 log=self.log, baseline_lr=self.config.meta.inner_lr, speakers=speakers,
+                                 tasks_per_speaker=1)
         def table(metric: str) -> dict[str, dict[int, float]]:
             return {m: {int(k): float("nan") if v is None else float(v) for k, v in row.items()}
                     for m, row in (results.get(metric) or {}).items()}
 
         mel, similarity, eer = table("mel_l1"), table("similarity"), table("eer")
         return {"outputs": ["eval/results.json"], "method": "harness", "suite": suite.name, "steps": grid,
+                "seconds": results.get("seconds"),
                 "shots": suite.shots, "queries": suite.queries, "episodes": len(results.get("episodes") or []),
                 "mel_l1": mel, "similarity": similarity, "eer": eer,
                 "summary": _comparison_summary(mel, grid)}

@@ -125,8 +125,9 @@ def write_report(demo, folder: Path) -> Path:
                                            f"held-out speakers, {evaluation['shots']} clips each: query mel L1"),
              "training": plot_training(train, meta, folder / "training.png"),
              "support": plot_support(adapt, folder / "support.png")}
-    if evaluation.get("similarity"):
-        plots["similarity"] = plot_adaptation(evaluation["similarity"], folder / "similarity.png",
+    harness = evaluation.get("harness") or {}
+    if harness.get("similarity"):
+        plots["similarity"] = plot_adaptation(harness["similarity"], folder / "similarity.png",
                                               "speaker similarity (Resemblyzer cosine)", "similarity")
     first = next(iter(synth["speakers"]))
     mel_files = [folder / "audio" / first / f"{m}-1.mel.pt" for m in ("meta", "baseline")]
@@ -174,21 +175,25 @@ def write_report(demo, folder: Path) -> Path:
                   + (f"reaches the meta model's k={grid[1]} loss ({_number(meta_one)}) after {matched[0]} steps."
                      if matched else f"does not reach the meta model's k={grid[1]} loss ({_number(meta_one)}) "
                                      f"within {grid[-1]} steps."), ""]
-    if evaluation.get("similarity"):
-        rows = [[m] + [_number(evaluation["similarity"][m].get(k, float("nan")), 3) for k in grid]
-                for m in evaluation["similarity"]]
+    if harness.get("similarity"):
+        hgrid = [int(k) for k in harness["steps"]]
+        rows = [[m] + [_number(harness["similarity"][m].get(k, float("nan")), 3) for k in hgrid]
+                for m in harness["similarity"]]
         lines += ["Speaker similarity of synthesized query sentences to the real speaker (Resemblyzer cosine, "
-                  "higher is better; Griffin-Lim audio) and verification EER (lower is better), from "
-                  "`metatts.evaluation.harness` (full results in `../eval/results.md`):", ""]
-        lines += _table(["similarity after k steps"] + [f"k={k}" for k in grid], rows) + [""]
-        if evaluation.get("eer"):
-            rows = [[m] + [_number(evaluation["eer"][m].get(k, float("nan")), 3) for k in grid]
-                    for m in evaluation["eer"]]
-            lines += _table(["EER after k steps"] + [f"k={k}" for k in grid], rows) + [""]
+                  f"higher is better; Griffin-Lim audio) and verification EER (lower is better), from "
+                  f"`metatts.evaluation.harness` on {harness['episodes']} episodes (full results in "
+                  f"`../eval/results.md`):", ""]
+        lines += _table(["similarity after k steps"] + [f"k={k}" for k in hgrid], rows) + [""]
+        if harness.get("eer"):
+            rows = [[m] + [_number(harness["eer"][m].get(k, float("nan")), 3) for k in hgrid]
+                    for m in harness["eer"]]
+            lines += _table(["EER after k steps"] + [f"k={k}" for k in hgrid], rows) + [""]
         lines += ["![similarity](similarity.png)", ""]
     else:
-        lines += ["(Speaker similarity and EER come from `metatts evaluate`, which this run did not use: the "
-                  "comparison above is the query mel L1 of `metatts tasks`.)", ""]
+        lines += ["(Speaker similarity and EER come from `metatts evaluate` (`metatts demo --harness` runs it "
+                  "here): it vocodes and embeds every query sentence at every step count, which does not fit the "
+                  "demo's 20-minute budget on 2 CPU cores. The comparison above is the query mel L1 of "
+                  "`metatts tasks`.)", ""]
     lines += ["![adaptation](adaptation.png)", ""]
 
     # --- voices and audio
@@ -245,7 +250,7 @@ def write_report(demo, folder: Path) -> Path:
     path.write_text("\n".join(lines), encoding="utf-8")
     (folder / "numbers.json").write_text(json.dumps({
         "budget": demo.budget.name, "query_mel_l1": {m: {str(k): v for k, v in row.items()} for m, row in mel.items()},
-        "similarity": evaluation.get("similarity"), "eer": evaluation.get("eer"),
+        "similarity": harness.get("similarity"), "eer": harness.get("eer"),
         "stage_seconds": {n: stages[n]["seconds"] for n in stages if "seconds" in stages[n]},
         "voice_pack_bytes": {s: {m: r[m]["pack_bytes"] for m in ("meta", "baseline")}
                              for s, r in adapt["speakers"].items()},

@@ -125,7 +125,9 @@ def write_report(demo, folder: Path) -> Path:
                                            f"held-out speakers, {evaluation['shots']} clips each: query mel L1"),
              "training": plot_training(train, meta, folder / "training.png"),
              "support": plot_support(adapt, folder / "support.png")}
-    harness = evaluation.get("harness") or {}
+    harness = dict(evaluation.get("harness") or {})
+    for metric in ("similarity", "eer"):  # the state file is JSON: step counts come back as strings
+        harness[metric] = {m: {int(k): v for k, v in row.items()} for m, row in (harness.get(metric) or {}).items()}
     if harness.get("similarity"):
         plots["similarity"] = plot_adaptation(harness["similarity"], folder / "similarity.png",
                                               "speaker similarity (Resemblyzer cosine)", "similarity")
@@ -150,7 +152,9 @@ def write_report(demo, folder: Path) -> Path:
              f"torch {machine['torch']}, torch threads: {demo.config.train.threads or machine['torch_threads']}).", "",
              "Reproduce: `" + " ".join(["metatts demo", "--out", str(demo.out), "--budget", demo.budget.name,
                                          "--config", str(demo.config_path),
-                                         *[f"--set {shlex.quote(o)}" for o in demo.user_overrides]]) + "`", ""]
+                                         *[f"--set {shlex.quote(o)}" for o in demo.user_overrides],
+                                         *([f"--threads {demo.threads}"] if demo.threads else []),
+                                         *(["--harness"] if demo.harness else [])]) + "`", ""]
 
     # --- the comparison
     lines += ["## Meta-learned vs multi-speaker baseline: adapting to new voices", "",

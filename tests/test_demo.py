@@ -154,3 +154,25 @@ def test_a_foreign_folder_inside_a_demo_run_is_not_overwritten(demo, tmp_path):
     with pytest.raises(DemoError, match="was not made by `metatts demo`"):
         run_demo(copy, overrides=["meta.steps=3"], log=lambda *_: None, **SMOKE)
     assert (copy / "voices").is_dir()
+
+
+def test_a_killed_training_stage_resumes_from_its_checkpoint(demo, tmp_path):
+    out, _, _ = demo
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    # What a run of meta.steps=4 killed after its step-2 checkpoint leaves: the stage started, not done.
+    from metatts.demo import Demo
+
+    key = Demo(copy, overrides=["meta.steps=4"], **{k: v for k, v in SMOKE.items() if k != "progress"}).keys()
+    state = _state(copy)
+    state["stages"]["meta-train"].update(key=key["meta-train"], done=False)
+    (copy / "demo-state.json").write_text(json.dumps(state))
+    lines: list[str] = []
+    result = run_demo(copy, overrides=["meta.steps=4"], log=lines.append, **SMOKE)
+    assert result.ran == ["meta-train", "adapt", "synthesize", "evaluate", "report"]
+    assert any("resuming meta at step 2 of 4" in line for line in lines)
+    assert read_meta(copy / "meta" / "checkpoint").step == 4
+    records = [json.loads(line) for line in (copy / "meta" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "meta"] == [1, 2, 3, 4]
+    # Validated at 0 and 2 by the first run and at 4 by the resumed one (a fresh run would give 0 and 4).
+    assert [r["step"] for r in records if r["kind"] == "meta_val"] == [0, 2, 4]

@@ -4,7 +4,7 @@
     2 prepare     features, statistics, speaker splits                          OUT/features
     3 train       the multi-speaker baseline (`metatts train`)                   OUT/train/checkpoint
     4 meta-train  MAML from the baseline (`metatts meta-train --init-from`)      OUT/meta/checkpoint
-    5 adapt       held-out (test split) speakers from 5 clips each, both models  OUT/voices/{meta,baseline}/*.safetensors
+    5 adapt       held-out (test split) speakers from 5 clips each, both models  OUT/voices/<model>/*.safetensors
     6 synthesize  sentences no corpus speaker said, with the adapted voices      OUT/report/audio
     7 evaluate    meta vs baseline on the demo task suite (query mel L1 per step) OUT/eval
     8 report      Markdown with the numbers and commands, PNG plots, the wavs    OUT/report/README.md
@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -104,10 +103,6 @@ def _digest(*parts) -> str:
 
 def _load_average() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 class DemoState:

@@ -92,7 +92,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _commands(demo) -> list[str]:
     out, b, cfg = demo.out, demo.budget, demo.config_path
     sets = "".join(f" --set {shlex.quote(o)}" for o in demo.overrides)
-    lines = [f"metatts make-demo-corpus {out}/demo-corpus --speakers {b.corpus_speakers} --sentences {b.corpus_sentences}",
+    lines = [f"metatts make-demo-corpus {out}/demo-corpus --speakers {b.corpus_speakers} "
+             f"--sentences {b.corpus_sentences}",
              f"metatts prepare --config {cfg} --corpus {out}/demo-corpus --out {out}/features{sets}",
              f"metatts train --config {cfg} --features {out}/features --out {out}/train{sets}",
              f"metatts meta-train --config {cfg} --features {out}/features --init-from {out}/train/checkpoint "
@@ -102,7 +103,8 @@ def _commands(demo) -> list[str]:
         speaker, row = next(iter(adapt.items()))
         clips = " ".join(shlex.quote(c) for c in row["clips"])
         lines.append(f"metatts adapt --checkpoint {out}/meta/checkpoint --clips {clips} --transcripts "
-                     f"{out}/voices/{speaker}.tsv --steps {b.adapt_steps} --out {out}/voices/meta/{speaker}.safetensors")
+                     f"{out}/voices/{speaker}.tsv --steps {b.adapt_steps} "
+                     f"--out {out}/voices/meta/{speaker}.safetensors")
         lines.append(f"metatts synthesize --checkpoint {out}/meta/checkpoint --voice {out}/voices/meta/"
                      f"{speaker}.safetensors --text \"A new voice was learned from five short recordings.\" "
                      f"--out {out}/wavs")
@@ -162,7 +164,8 @@ def write_report(demo, folder: Path) -> Path:
               f"(test split) speakers, each adapting from {evaluation['shots']} clips and scored on "
               f"{evaluation['queries']} other utterances of the speaker. Both models adapt the same per-speaker "
               f"tensors with plain SGD from their new-speaker slot: the meta model at its learned per-parameter rates, "
-              f"the baseline at `meta.inner_lr` = {demo.config.meta.inner_lr:g}. Query mel L1 is teacher-forced with the "
+              f"the baseline at `meta.inner_lr` = {demo.config.meta.inner_lr:g}. Query mel L1 is teacher-forced with "
+              f"the "
               f"aligner's durations (lower is better).", ""]
     rows = []
     for method in mel:

@@ -1,0 +1,175 @@
+"""Meta-learning against the multi-speaker baseline at equal compute, on the fixed episodes of a task suite.
+
+    python benchmarks/meta_vs_baseline.py --config configs/demo.yaml --baseline runs/demo/train \\
+        --suite tasks/demo.yaml --meta-steps 100 --runs /tmp/meta-vs-baseline [--set meta.first_order=true]
+
+Starting point: a finished `metatts train` run (the baseline, B0). From it, with one torch thread each:
+
+* meta: `meta-train --init-from B0` for ``--meta-steps`` meta-updates; its process CPU time is the budget;
+* baseline+: B0's run resumed (same optimizer, same schedule) for as many more plain steps as fit in the same CPU
+  time: chunks (a 50-step pilot, then the estimated rest, re-estimated) until its CPU time reaches the meta run's;
+* validation is off in both (it is not training compute).
+
+Then every model adapts the same speaker group (``model.speaker_groups``) for the same 5 inner steps (the suite's
+grid is reported too) on the suite's frozen test episodes: the meta model with its learned inner rates, each
+baseline with plain SGD at the rate that is best *on the meta-val speakers* (a sweep on a val-split copy of the
+suite, so the test episodes never choose a baseline's rate). The headline is the mean query mel L1 after 5 steps.
+
+Writes benchmarks/results/meta-vs-baseline-<suite>-<date>.json (curves, sweep, compute, machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from metatts.config import load_config
+from metatts.corpus.splits import SpeakerSplits
+from metatts.episodes.tasks import episodes_digest, frozen_episodes, load_task_suite
+from metatts.features.store import FeatureStore
+from metatts.meta.outer_loop import checkpoint_curve, meta_train
+from metatts.runtime.checkpoint import read_meta
+from metatts.runtime.env import machine_info
+from metatts.train.supervised import train
+
+ROOT = Path(__file__).resolve().parents[1]
+RATES = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
+PILOT = 50
+
+
+def timed(fn):
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = fn()
+    return result, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def best_rate(checkpoint: Path, episodes, store, k: int) -> tuple[float, dict]:
+    sweep = {}
+    for rate in RATES:
+        sweep[rate] = checkpoint_curve(checkpoint, episodes, store, [k], inner_lr=rate).at(k)
+        print(f"  {checkpoint.parent.name} lr {rate}: val mel L1 after {k} steps {sweep[rate]:.4f}", flush=True)
+    finite = {r: v for r, v in sweep.items() if math.isfinite(v)}
+    return min(finite, key=finite.get), {str(r): v for r, v in sweep.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--baseline", type=Path, required=True, help="a finished `metatts train` run folder (B0)")
+    parser.add_argument("--suite", type=Path, required=True)
+    parser.add_argument("--features", help="feature store (overrides the config's and the suite's)")
+    parser.add_argument("--meta-steps", type=int, default=100)
+    parser.add_argument("--inner-steps", type=int, default=5, help="the step count compared (the suite grid too)")
+    parser.add_argument("--set", action="append", default=[], help="config override for the meta run, KEY=VALUE")
+    parser.add_argument("--runs", type=Path, required=True, help="folder for the two new runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--resume", action="store_true", help="reuse the phases RUNS/compute.json records as done")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    base_checkpoint = args.baseline / "checkpoint"
+    b0 = read_meta(base_checkpoint)
+    if b0.kind != "train":
+        sys.exit(f"{base_checkpoint} is a {b0.kind} checkpoint; --baseline must be a `metatts train` run")
+    common = [f"data.features={args.features}"] if args.features else []
+    common += ["train.threads=1", "meta.val_tasks=0", f"meta.inner_steps={args.inner_steps}"]
+    meta_config = load_config(args.config, common + [f"meta.steps={args.meta_steps}"] + args.set)
+
+    # The CPU seconds of each phase are kept in RUNS/compute.json, so --resume can top a run up after a stop.
+    ledger_path = args.runs / "compute.json"
+    ledger = json.loads(ledger_path.read_text()) if args.resume and ledger_path.is_file() else {}
+
+    def record(**values) -> None:
+        ledger.update(values)
+        args.runs.mkdir(parents=True, exist_ok=True)
+        ledger_path.write_text(json.dumps(ledger, indent=1))
+
+    meta_run = args.runs / "meta"
+    if "meta_cpu" not in ledger:
+        if (meta_run / "checkpoint").exists():
+            sys.exit(f"{meta_run} exists without a compute record: pick an empty --runs folder")
+        print(f"meta-training {args.meta_steps} steps from {base_checkpoint} (step {b0.step})", flush=True)
+        _, cpu, wall = timed(lambda: meta_train(meta_config, meta_run, init_from=base_checkpoint, progress=False))
+        record(meta_cpu=cpu, meta_wall=wall, base_cpu=0.0, base_wall=0.0, base_steps=0)
+    meta_cpu = ledger["meta_cpu"]
+
+    # Baseline+: continue B0 in chunks until its CPU time reaches the meta run's (the per-step cost is re-measured
+    # after every chunk: on a shared machine a single pilot's estimate drifts).
+    more_run = args.runs / "baseline-more"
+    if not more_run.exists():
+        shutil.copytree(args.baseline, more_run)
+    plain = lambda steps: load_config(args.config, common + [f"train.steps={steps}", f"train.val_every={10 ** 9}"])
+    chunk = PILOT
+    while ledger["base_cpu"] < meta_cpu:
+        target = b0.step + ledger["base_steps"] + chunk
+        _, cpu, wall = timed(lambda: train(plain(target), more_run, resume=True, progress=False))
+        record(base_cpu=ledger["base_cpu"] + cpu, base_wall=ledger["base_wall"] + wall,
+               base_steps=ledger["base_steps"] + chunk)
+        per_step = ledger["base_cpu"] / ledger["base_steps"]
+        chunk = max(10, math.ceil((meta_cpu - ledger["base_cpu"]) / per_step))
+        print(f"baseline+: {ledger['base_steps']} steps, {ledger['base_cpu']:.0f} of {meta_cpu:.0f} s CPU", flush=True)
+
+    suite = load_task_suite(args.suite, features=args.features)
+    store = FeatureStore(suite.features)
+    splits = SpeakerSplits.load(Path(suite.features) / "splits.json")
+    grid = sorted(set(suite.step_grid) | {0, args.inner_steps})
+    test = frozen_episodes(suite, store, splits)
+    val = frozen_episodes(dataclasses.replace(suite, split="val"), store, splits)
+    k = args.inner_steps
+    checkpoints = {"meta": meta_run / "checkpoint", "baseline": base_checkpoint,
+                   "baseline_more": more_run / "checkpoint"}
+    rates, sweeps, curves = {"meta": "learned"}, {}, {}
+    for name in ("baseline", "baseline_more"):
+        rates[name], sweeps[name] = best_rate(checkpoints[name], val, store, k)
+    for name, checkpoint in checkpoints.items():
+        lr = None if name == "meta" else rates[name]
+        curves[name] = checkpoint_curve(checkpoint, test, store, grid, inner_lr=lr).to_dict()
+        print(f"{name}: test query mel L1 " + " ".join(f"k={s}:{v:.4f}" for s, v in zip(grid, curves[name]["mean_mel"])),
+              flush=True)
+    at_k = {name: curve["mean_mel"][grid.index(k)] for name, curve in curves.items()}
+    # Paired over the same episodes: meta minus each baseline after k steps (negative: meta better).
+    paired = {}
+    for name in ("baseline", "baseline_more"):
+        diffs = [m[grid.index(k)] - b[grid.index(k)] for m, b in zip(curves["meta"]["mel"], curves[name]["mel"])]
+        mean = sum(diffs) / len(diffs)
+        sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / max(1, len(diffs) - 1))
+        paired[name] = {"mean_difference": mean, "standard_error": sd / math.sqrt(len(diffs)),
+                        "meta_better_episodes": sum(d < 0 for d in diffs), "episodes": len(diffs)}
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "command": " ".join(sys.argv),
+        "suite": suite.name, "features": suite.features, "episodes": len(test), "digest": episodes_digest(test),
+        "val_episodes": len(val), "inner_steps": k, "speaker_groups": list(meta_config.model.speaker_groups),
+        "baseline_start_step": b0.step,
+        "compute": {
+            "meta": {"updates": args.meta_steps, "cpu_s": round(meta_cpu, 1), "wall_s": round(ledger["meta_wall"], 1),
+                     "config": dataclasses.asdict(meta_config.meta)},
+            "baseline_more": {"updates": ledger["base_steps"], "cpu_s": round(ledger["base_cpu"], 1),
+                              "wall_s": round(ledger["base_wall"], 1)},
+        },
+        "rates": rates, "val_sweep": sweeps,
+        "query_mel_l1_at_k": at_k,
+        "paired_meta_minus_baseline": paired,
+        "meta_better_than_equal_compute_baseline": at_k["meta"] < at_k["baseline_more"],
+        "curves": curves,
+        "machine": machine_info(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"meta-vs-baseline-{suite.name}-{report['date']}.json"
+    path.write_text(json.dumps(report, indent=1))
+    print(json.dumps({k2: report[k2] for k2 in ("compute", "rates", "query_mel_l1_at_k", "paired_meta_minus_baseline")},
+                     indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

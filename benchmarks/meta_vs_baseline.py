@@ -133,8 +133,8 @@ def main() -> None:
     for name, checkpoint in checkpoints.items():
         lr = None if name == "meta" else rates[name]
         curves[name] = checkpoint_curve(checkpoint, test, store, grid, inner_lr=lr).to_dict()
-        print(f"{name}: test query mel L1 " + " ".join(f"k={s}:{v:.4f}" for s, v in zip(grid, curves[name]["mean_mel"])),
-              flush=True)
+        means = " ".join(f"k={s}:{v:.4f}" for s, v in zip(grid, curves[name]["mean_mel"]))
+        print(f"{name}: test query mel L1 {means}", flush=True)
     at_k = {name: curve["mean_mel"][grid.index(k)] for name, curve in curves.items()}
     # Paired over the same episodes: meta minus each baseline after k steps (negative: meta better).
     paired = {}

@@ -182,7 +182,7 @@ class MetaConfig:
     inner_lr_mode: str = "per_parameter"  # learned rates: per_parameter (one per element, Meta-SGD) | per_tensor
     first_order: bool = False  # drop second-order terms of the meta-gradient
     outer_lr: float = 3e-4  # outer Adam learning rate (beta) of the model's weights
-    init_lr: float = 3e-3  # outer Adam learning rate of the new-speaker slot φ0 (the initialization being meta-learned)
+    init_lr: float = 3e-3  # outer Adam learning rate of the new-speaker slot φ0 (the meta-learned initialization)
     rates_lr: float = 1e-2  # outer Adam learning rate of the learned inner rates (log-parameterized: ~1 % per step)
     steps: int = 2000  # meta-updates
     warmup_steps: int = 20  # outer learning-rate warm-up, then inverse-square-root decay (meta-updates; 0: constant)

@@ -195,18 +195,11 @@ def agreement(model, inner_lr, params, episodes, steps: int) -> dict[str, float]
 
 
 # ------------------------------------------------------------------------------------------------ processes
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (its high-water mark) of this process, in MB; ru_maxrss without /proc."""
     with open("/proc/self/status") as handle:
         for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _hwm_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -230,7 +223,7 @@ def child(args: argparse.Namespace) -> None:
         print(json.dumps({v: {"ms": statistics.median(cpu[v][1:]), "cpu_ms": cpu[v], "wall_ms": wall[v]}
                           for v in VARIANTS}))
         return
-    before = _rss_mb()
+    before = _status_mb("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")  # reset the peak-RSS mark to the current RSS
@@ -239,7 +232,7 @@ def child(args: argparse.Namespace) -> None:
         method = "ru_maxrss"
     start = time.perf_counter()
     meta_step(args.child, *state, args.inner_steps)
-    print(json.dumps({"first_ms": (time.perf_counter() - start) * 1000, "peak_mb": _hwm_mb() - before,
+    print(json.dumps({"first_ms": (time.perf_counter() - start) * 1000, "peak_mb": _status_mb("VmHWM") - before,
                       "memory_method": method}))
 
 

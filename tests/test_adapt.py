@@ -37,12 +37,7 @@ SLOT = {"speaker.slot_embedding", "speaker.slot_norms"}
 QUIET = dict(progress=False, log=lambda *_: None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ from metatts.align import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The cores are shared with other jobs; one torch thread keeps these tests quick and polite."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _brute_force(log_probs: np.ndarray) -> tuple[float, np.ndarray]:

@@ -10,7 +10,9 @@ import pytest
 
 from metatts.cli import main
 from metatts.evaluation.bench import meta_train_throughput, run_bench, steps_ratio
-from test_evaluate import evaluation, one_thread, tiny_runs  # noqa: F401  (session fixtures shared with it)
+from test_evaluate import evaluation, tiny_runs  # noqa: F401  (session fixtures shared with it)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _curves(meta: dict, baseline: dict) -> dict:

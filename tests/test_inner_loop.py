@@ -40,14 +40,7 @@ def mse(pred: Tensor, target: Tensor) -> Tensor:
     return (pred - target).pow(2).mean()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tensors here are tiny: intra-op threads only add synchronization, and on a loaded machine they cost ~20x
-    # (finite differences run a few thousand episodes).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

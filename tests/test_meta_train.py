@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
@@ -23,7 +22,6 @@ from safetensors.torch import load_file
 from metatts.api import load
 from metatts.cli import main
 from metatts.config import config_from_dict
-from metatts.corpus.demo import espeak_synthesize
 from metatts.episodes.sampler import EpisodeSampler
 from metatts.features.prepare import prepare
 from metatts.meta import outer_loop
@@ -34,40 +32,26 @@ from metatts.model.losses import FastSpeech2Loss
 from metatts.runtime.env import seed_everything
 from metatts.train.common import RunData, build_model
 from metatts.train.supervised import train
+from tiny import TEXTS, TINY_MODEL, synthesize_corpus
 
-TEXTS = ["The cat sat on the mat.", "A quick brown fox jumps.", "We like green apples.", "Rain falls on the hill.",
-         "Ships sail at dawn."]
 VOICES = ("m1", "f2", "m3", "f4")
 DATA = ["data.min_utterances_per_speaker=4", "data.val_speakers=1", "data.test_speakers=0", "meta.shots=2",
         "meta.queries=2"]
-TINY = ["model.preset=custom", "model.hidden=32", "model.heads=2", "model.encoder_layers=1", "model.decoder_layers=1",
-        "model.conv_filter=64", "model.predictor_filter=32", "model.speaker_dim=16", "model.pitch_bins=16",
-        "model.energy_bins=16", "model.max_speakers=8", "meta.warmup_steps=2", "train.threads=1",
-        "train.log_every=1", "train.val_every=1000", "train.checkpoint_every=3", "meta.meta_batch=2",
-        "meta.inner_steps=2", "meta.outer_lr=3e-3", "meta.val_tasks=1", "train.batch_size=4"]
+TINY = [*TINY_MODEL, "meta.warmup_steps=2", "train.threads=1", "train.log_every=1", "train.val_every=1000",
+        "train.checkpoint_every=3", "meta.meta_batch=2", "meta.inner_steps=2", "meta.outer_lr=3e-3", "meta.val_tasks=1",
+        "train.batch_size=4"]
 QUIET = dict(progress=False, log=lambda *_: None)
 THETA = "decoder.blocks.0.feed_forward.conv1.weight"  # a shared parameter the speaker norms condition
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """4 espeak voices x 5 sentences; the split holds 3 meta-train speakers and 1 meta-val speaker."""
     root = tmp_path_factory.mktemp("meta")
-    for voice in VOICES:
-        folder = root / "corpus" / voice
-        folder.mkdir(parents=True)
-        for i, text in enumerate(TEXTS):
-            wave, rate = espeak_synthesize(text, f"en-us+{voice}")
-            sf.write(folder / f"{voice}_{i}.wav", wave, rate)
-            (folder / f"{voice}_{i}.txt").write_text(text)
+    synthesize_corpus(root / "corpus", VOICES, TEXTS)
     config = config_from_dict({}, [f"data.corpus={root / 'corpus'}", f"data.features={root / 'store'}",
                                    "data.layout=folder", "data.workers=1", *DATA])
     prepare(config, progress=False, log=lambda *_: None)

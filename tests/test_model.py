@@ -27,13 +27,7 @@ from metatts.model.layers import LengthRegulator, frame_to_phoneme
 N_SYMBOLS, N_MELS = 20, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The cores are shared with other jobs; one torch thread keeps these tests quick and polite."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_config(**overrides) -> ModelConfig:

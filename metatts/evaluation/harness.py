@@ -59,13 +59,13 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from metatts.config import Config, config_from_dict
-from metatts.episodes.collate import Collator, Normalizer
+from metatts.config import Config
+from metatts.episodes.collate import Collator
 from metatts.episodes.sampler import Episode
 from metatts.features.store import FeatureStore, ManifestEntry
 from metatts.model.batch import NEW_SPEAKER, Batch
 from metatts.model.losses import FastSpeech2Loss
-from metatts.runtime.checkpoint import CheckpointError, CheckpointMeta, load_weights, read_meta, weights_digest
+from metatts.runtime.checkpoint import CheckpointError, CheckpointMeta, read_meta, weights_digest
 
 METHODS = ("meta", "baseline", "full", "none", "dvector")
 FLAT_METHODS = ("none", "dvector")  # no gradient step: evaluated once per episode, repeated over the grid
@@ -93,16 +93,9 @@ class EvalModel:
 
     @classmethod
     def load(cls, path: str | Path, store: FeatureStore, device: torch.device) -> "EvalModel":
-        from metatts.text.symbols import SymbolTable
-        from metatts.train.common import build_model
+        from metatts.train.common import load_for_store
 
-        meta = read_meta(path)
-        config = config_from_dict(meta.config)
-        symbols = SymbolTable.from_json(meta.symbols)
-        model = build_model(config, len(symbols), len(meta.speakers))
-        load_weights(path, model)
-        # The checkpoint's symbol table and statistics, not the store's: the model was trained with those.
-        collator = Collator(store, symbols, {}, Normalizer.from_dict(meta.stats))
+        meta, config, model, collator = load_for_store(path, store)
         return cls(Path(path), meta, config, model.to(device).eval(), weights_digest(path), collator)
 
     @property

@@ -58,10 +58,10 @@ from metatts.meta.inner_lr import InnerLR
 from metatts.model.acoustic import select_parameters
 from metatts.model.batch import Batch
 from metatts.model.losses import FastSpeech2Loss, LossTerms, LossWeights
-from metatts.runtime.checkpoint import (CheckpointError, CheckpointMeta, load_state, load_weights, read_meta,
-                                        save_checkpoint)
-from metatts.runtime.env import resolve_device, restore_rng_state, rng_state, seed_everything, set_threads
-from metatts.train.common import RunData, build_model, checkpoint_meta, compute_record, warmup_inverse_sqrt
+from metatts.runtime.checkpoint import CheckpointError, CheckpointMeta, load_weights, read_meta, save_checkpoint
+from metatts.runtime.env import resolve_device, rng_state, seed_everything, set_threads
+from metatts.train.common import (RunData, build_model, checkpoint_meta, compute_record, load_for_store,
+                                  restore_training_state, warmup_inverse_sqrt)
 
 INNER_LR_FILE = "inner_lr.safetensors"
 QUERY_TERMS = ("mel", "postnet_mel", "duration", "pitch", "energy")  # FastSpeech 2 terms of the task losses
@@ -320,11 +320,7 @@ def _meta_train(config: Config, run: Path, context: mdist.DistContext, main: boo
                                   f"start from it with --init-from instead of --resume")
         load_weights(checkpoint, model)
         _load_inner_lr_into(checkpoint, state_meta, inner_lr)
-        state = load_state(checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
+        state = restore_training_state(checkpoint, optimizer, schedule, scaler)
         start_step, skipped = int(state["step"]), int(state["skipped"])
         consecutive_bad = int(state["consecutive_bad"])
         log(f"resuming {run} at meta-step {start_step}")
@@ -503,16 +499,7 @@ def checkpoint_curve(checkpoint: str | Path, episodes: Sequence[Episode], store,
                      device: str = "cpu") -> AdaptationCurve:
     """:func:`adaptation_curve` of a checkpoint (``metatts train`` or ``meta-train``) on episodes of ``store``
     (a ``FeatureStore``). Defaults: the checkpoint's own inner rates (:func:`load_inner_lr`) and speaker groups."""
-    from metatts.episodes.collate import Normalizer
-    from metatts.text.symbols import SymbolTable
-
-    meta = read_meta(checkpoint)
-    config = config_from_dict(meta.config)
-    symbols = SymbolTable.from_json(meta.symbols)
-    model = build_model(config, len(symbols), len(meta.speakers))
-    load_weights(checkpoint, model)
-    # The checkpoint's symbol table and statistics, not the store's: the model was trained with those.
-    collator = Collator(store, symbols, {}, Normalizer.from_dict(meta.stats))
+    _, config, model, collator = load_for_store(checkpoint, store)
     lr = load_inner_lr(checkpoint) if inner_lr is None else inner_lr
     return adaptation_curve(model.to(resolve_device(device)), lr, episodes, collator, steps_grid,
                             list(groups or config.model.speaker_groups))

@@ -77,6 +77,35 @@ def build_model(config: Config, n_symbols: int, n_speakers: int | None = None) -
                          condition_variance_adaptor=model_config.condition_variance_adaptor)
 
 
+def load_for_store(checkpoint: str | Path,
+                   store: FeatureStore) -> tuple[CheckpointMeta, Config, AcousticModel, Collator]:
+    """A checkpoint's model (weights loaded, on the CPU) and a collator reading ``store`` through the checkpoint's
+    symbol table and statistics, not the store's: the model was trained with those."""
+    from metatts.config import config_from_dict
+    from metatts.runtime.checkpoint import load_weights, read_meta
+
+    meta = read_meta(checkpoint)
+    config = config_from_dict(meta.config)
+    symbols = SymbolTable.from_json(meta.symbols)
+    model = build_model(config, len(symbols), len(meta.speakers))
+    load_weights(checkpoint, model)
+    return meta, config, model, Collator(store, symbols, {}, Normalizer.from_dict(meta.stats))
+
+
+def restore_training_state(checkpoint: str | Path, optimizer, schedule, scaler) -> dict:
+    """Load a checkpoint's ``state.pt`` into the optimizer, schedule, AMP scaler and RNGs; returns the state (its
+    step and counters) for the caller's own fields."""
+    from metatts.runtime.checkpoint import load_state
+    from metatts.runtime.env import restore_rng_state
+
+    state = load_state(checkpoint)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"])
+    return state
+
+
 def checkpoint_meta(config: Config, data: RunData, step: int, kind: str) -> CheckpointMeta:
     from metatts.config import config_to_dict
 

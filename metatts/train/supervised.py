@@ -25,9 +25,10 @@ from tqdm import tqdm
 from metatts.config import Config, save_config
 from metatts.episodes.sampler import BatchSampler
 from metatts.model.losses import FastSpeech2Loss, LossWeights
-from metatts.runtime.checkpoint import load_state, load_weights, read_meta, save_checkpoint
-from metatts.runtime.env import resolve_device, restore_rng_state, rng_state, seed_everything, set_threads
-from metatts.train.common import RunData, build_model, checkpoint_meta, compute_record, mel_image, warmup_inverse_sqrt
+from metatts.runtime.checkpoint import load_weights, read_meta, save_checkpoint
+from metatts.runtime.env import resolve_device, rng_state, seed_everything, set_threads
+from metatts.train.common import (RunData, build_model, checkpoint_meta, compute_record, mel_image,
+                                  restore_training_state, warmup_inverse_sqrt)
 
 
 class TrainingError(RuntimeError):
@@ -118,11 +119,7 @@ def train(config: Config, run: str | Path, *, resume: bool = False, init_from: s
         meta = read_meta(checkpoint)
         resumed_extra = meta.extra
         load_weights(checkpoint, model)
-        state = load_state(checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
+        state = restore_training_state(checkpoint, optimizer, schedule, scaler)
         start_step, skipped = int(state["step"]), int(state["skipped"])
         log(f"resuming {run} at step {start_step} (checkpoint kind {meta.kind})")
     elif init_from is not None:

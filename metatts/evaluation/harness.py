@@ -273,8 +273,9 @@ def _with_params(model: torch.nn.Module, params: Mapping[str, Tensor], call):
 
 def aligned(ev: EvalModel, ids: Sequence[str], device: torch.device) -> Batch:
     """Utterances on the new-speaker slot with the model's aligner durations (computed once, no graph)."""
-    batch = ev.collator(list(ids), new_speaker=True).to(device)
-    return batch.with_durations(ev.model.alignment(batch).durations)
+    from metatts.meta.outer_loop import aligned_batch
+
+    return aligned_batch(ev.model, ev.collator, ids, device)
 
 
 def support_loss(ev: EvalModel, ids: Sequence[str], fast_names: set[str], device: torch.device):

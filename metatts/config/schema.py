@@ -151,6 +151,9 @@ class ModelConfig:
     max_speakers: int = 2048  # upper limit on meta-train speakers; the table gets one row per meta-train speaker
     new_speaker_prob: float = 0.1  # share of training utterances routed to the new-speaker slot (learns phi0)
     condition_variance_adaptor: bool = False  # speaker-conditional layer norms in the variance predictors too
+    # Rank of the low-rank adapters on every linear map and convolution of the decoder (the ``adapters`` group, a
+    # per-voice choice of ``speaker_groups``); 0: none. Zero-initialized, so they change nothing until adapted.
+    adapter_rank: int = 0
     speaker_groups: list[str] = field(default_factory=lambda: ["speaker_embedding", "speaker_norms"])  # groups a speaker owns
 
     def check(self, path: str = "model") -> None:
@@ -167,6 +170,9 @@ class ModelConfig:
         _require(self.max_speakers >= 1, f"{path}.max_speakers", "must be at least 1")
         _require(self.pitch_bins > 1 and self.energy_bins > 1, f"{path}.pitch_bins", "need at least 2 bins")
         _require(len(self.speaker_groups) > 0, f"{path}.speaker_groups", "a speaker must own at least one group")
+        _require(0 <= self.adapter_rank <= 64, f"{path}.adapter_rank", f"must be in 0..64, got {self.adapter_rank}")
+        _require("adapters" not in self.speaker_groups or self.adapter_rank > 0, f"{path}.speaker_groups",
+                 "the adapters group needs model.adapter_rank > 0")
 
 
 @dataclass

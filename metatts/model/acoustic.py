@@ -50,7 +50,10 @@ _GROUP_PREFIXES = (
     ("postnet.", "postnet"),
     ("aligner.", "aligner"),
 )
-GROUPS = tuple(dict.fromkeys(group for _, group in _GROUP_PREFIXES))
+# Low-rank adapters (``model.adapter_rank`` > 0) sit inside the decoder's layers but are their own group: per-voice
+# fast weights that plain multi-speaker training leaves at zero effect (see ``layers.LowRankDelta``).
+ADAPTER_MARK = "_adapter.lora_"
+GROUPS = tuple(dict.fromkeys(group for _, group in _GROUP_PREFIXES)) + ("adapters",)
 SPEAKER_GROUPS = ("speaker_embedding", "speaker_norms")  # the per-speaker (fast) groups: the slot tensors
 
 _PRESETS = {
@@ -174,7 +177,7 @@ class AcousticModel(nn.Module):
                                 config.dropout)
         self.variance_adaptor = VarianceAdaptor(config, pitch_range, energy_range)
         self.decoder = FFTStack(config.decoder_layers, h, config.heads, config.conv_filter, config.conv_kernel,
-                                config.dropout)
+                                config.dropout, adapter_rank=config.adapter_rank)
         self.mel_head = nn.Linear(h, n_mels)
         self.postnet = Postnet(n_mels, postnet_channels, dropout=config.dropout) if config.postnet else None
         self.aligner = Aligner(n_symbols, n_mels, aligner)
@@ -188,7 +191,8 @@ class AcousticModel(nn.Module):
         """Group name -> parameter names; every parameter in exactly one group (empty groups kept, e.g. postnet)."""
         groups: dict[str, list[str]] = {g: [] for g in GROUPS}
         for name, _ in self.named_parameters():
-            group = next((g for prefix, g in _GROUP_PREFIXES if name.startswith(prefix)), None)
+            group = "adapters" if ADAPTER_MARK in name else next(
+                (g for prefix, g in _GROUP_PREFIXES if name.startswith(prefix)), None)
             if group is None:  # a new submodule without a group is a bug: fail loudly, not silently un-adapted
                 raise RuntimeError(f"parameter {name!r} belongs to no group; add its prefix to _GROUP_PREFIXES")
             groups[group].append(name)

@@ -59,6 +59,33 @@ class ConditionalLayerNorm(nn.Module):
         return y * (1 + condition[:, None, 0]) + condition[:, None, 1]
 
 
+class LowRankDelta(nn.Module):
+    """A LoRA-style low-rank residual for a linear map or a 1-D convolution: x -> B(A x) * scale.
+
+    ``A`` is a convolution with the wrapped layer's kernel into ``rank`` channels, ``B`` a 1x1 map back out, so the
+    delta of the wrapped weight is B·A (rank ``rank``). ``B`` starts at zero: a model with adapters computes exactly
+    what it computes without them until an adaptation step moves ``B`` (Hu et al., 2021). Its parameters are the
+    ``adapters`` group -- per-voice fast weights, never trained by plain multi-speaker training (which would only
+    re-parameterize the shared weights); meta-training learns their starting values.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, rank: int, kernel: int = 1):
+        super().__init__()
+        self.rank, self.kernel = rank, kernel
+        self.lora_a = nn.Parameter(torch.randn(rank, in_channels, kernel) * (in_channels * kernel) ** -0.5)
+        self.lora_b = nn.Parameter(torch.zeros(out_channels, rank))
+        self.scale = 1.0 / rank  # LoRA's alpha / r with alpha = 1: the delta's size does not grow with the rank
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` [B, C_in, T] (channels first, as Conv1d) -> [B, C_out, T]."""
+        h = F.conv1d(x, self.lora_a, padding=self.kernel // 2)
+        return torch.einsum("or,brt->bot", self.lora_b, h) * self.scale
+
+    def linear(self, x: Tensor) -> Tensor:
+        """``x`` [..., C_in] (channels last, as Linear; kernel must be 1) -> [..., C_out]."""
+        return (x @ self.lora_a[:, :, 0].t()) @ self.lora_b.t() * self.scale
+
+
 class MultiHeadAttention(nn.Module):
     """Self-attention written out so it is twice differentiable on every device.
 
@@ -66,35 +93,44 @@ class MultiHeadAttention(nn.Module):
     13% of a CPU training step; the block's output dropout regularizes enough.
     """
 
-    def __init__(self, channels: int, heads: int):
+    def __init__(self, channels: int, heads: int, adapter_rank: int = 0):
         super().__init__()
         if channels % heads:
             raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
         self.heads = heads
         self.qkv = nn.Linear(channels, 3 * channels)
         self.out = nn.Linear(channels, channels)
+        self.qkv_adapter = LowRankDelta(channels, 3 * channels, adapter_rank) if adapter_rank else None
+        self.out_adapter = LowRankDelta(channels, channels, adapter_rank) if adapter_rank else None
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         b, t, c = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # 3 x [B, h, T, d]
+        qkv = self.qkv(x) if self.qkv_adapter is None else self.qkv(x) + self.qkv_adapter.linear(x)
+        q, k, v = qkv.view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # 3 x [B, h, T, d]
         scores = q @ k.transpose(-1, -2) / math.sqrt(c // self.heads)
         # Padded keys get no weight. Every utterance has >= 1 valid key, so no row is all masked (no NaN).
         scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
-        return self.out((scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, t, c))
+        h = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, t, c)
+        return self.out(h) if self.out_adapter is None else self.out(h) + self.out_adapter.linear(h)
 
 
 class ConvFeedForward(nn.Module):
     """FastSpeech's position-wise feed-forward: a wide convolution, ReLU, then a 1x1 convolution back."""
 
-    def __init__(self, channels: int, filter_channels: int, kernel: int, dropout: float):
+    def __init__(self, channels: int, filter_channels: int, kernel: int, dropout: float, adapter_rank: int = 0):
         super().__init__()
         self.conv1 = nn.Conv1d(channels, filter_channels, kernel, padding=kernel // 2)
         self.conv2 = nn.Conv1d(filter_channels, channels, 1)
         self.dropout = nn.Dropout(dropout)
+        self.conv1_adapter = LowRankDelta(channels, filter_channels, adapter_rank, kernel) if adapter_rank else None
+        self.conv2_adapter = LowRankDelta(filter_channels, channels, adapter_rank) if adapter_rank else None
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        h = self.conv1((x * mask[..., None]).transpose(1, 2))
-        h = self.conv2(self.dropout(F.relu(h)))
+        x = (x * mask[..., None]).transpose(1, 2)
+        h = self.conv1(x) if self.conv1_adapter is None else self.conv1(x) + self.conv1_adapter(x)
+        h = self.dropout(F.relu(h))
+        # Padding frames carry relu(bias) here; a kernel-1 map never mixes them into valid frames.
+        h = self.conv2(h) if self.conv2_adapter is None else self.conv2(h) + self.conv2_adapter(h)
         return self.dropout(h.transpose(1, 2))
 
 
@@ -102,11 +138,12 @@ class FFTBlock(nn.Module):
     """Feed-forward transformer block (post-norm, as in FastSpeech 2): attention then convolution, each with a
     residual and a layer norm that is speaker-conditional in the decoder."""
 
-    def __init__(self, channels: int, heads: int, filter_channels: int, kernel: int, dropout: float):
+    def __init__(self, channels: int, heads: int, filter_channels: int, kernel: int, dropout: float,
+                 adapter_rank: int = 0):
         super().__init__()
-        self.attention = MultiHeadAttention(channels, heads)
+        self.attention = MultiHeadAttention(channels, heads, adapter_rank)
         self.norm1 = ConditionalLayerNorm(channels)
-        self.feed_forward = ConvFeedForward(channels, filter_channels, kernel, dropout)
+        self.feed_forward = ConvFeedForward(channels, filter_channels, kernel, dropout, adapter_rank)
         self.norm2 = ConditionalLayerNorm(channels)
         self.dropout = nn.Dropout(dropout)
 
@@ -120,9 +157,11 @@ class FFTBlock(nn.Module):
 class FFTStack(nn.Module):
     """Positional encoding plus a stack of FFT blocks: the encoder and the decoder."""
 
-    def __init__(self, layers: int, channels: int, heads: int, filter_channels: int, kernel: int, dropout: float):
+    def __init__(self, layers: int, channels: int, heads: int, filter_channels: int, kernel: int, dropout: float,
+                 adapter_rank: int = 0):
         super().__init__()
-        self.blocks = nn.ModuleList(FFTBlock(channels, heads, filter_channels, kernel, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(FFTBlock(channels, heads, filter_channels, kernel, dropout, adapter_rank)
+                                    for _ in range(layers))
 
     @property
     def norm_widths(self) -> list[int]:

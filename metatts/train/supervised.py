@@ -106,7 +106,11 @@ def train(config: Config, run: str | Path, *, resume: bool = False, init_from: s
     seed_everything(config.train.seed)
     data = RunData.load(config)
     model = build_model(config, len(data.symbols), len(data.speakers)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, betas=(0.9, 0.98), eps=1e-9)
+    # Low-rank adapters stay at zero effect here: trained on every speaker they would only re-parameterize the
+    # shared weights; they are per-voice fast weights, learned by meta-training and adaptation.
+    adapters = set(model.parameter_groups()["adapters"])
+    trained = [p for n, p in model.named_parameters() if n not in adapters]
+    optimizer = torch.optim.Adam(trained, lr=config.train.lr, betas=(0.9, 0.98), eps=1e-9)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_inverse_sqrt(s, config.train.warmup_steps))
     amp = config.train.amp and device.type == "cuda"
@@ -176,7 +180,7 @@ def train(config: Config, run: str | Path, *, resume: bool = False, init_from: s
             consecutive_bad = 0
             scaler.scale(terms.total).backward()
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trained, config.train.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             schedule.step()

@@ -12,6 +12,7 @@ from metatts.cli import main
 from metatts.config import config_from_dict
 from metatts.features.prepare import prepare
 from metatts.runtime.checkpoint import CheckpointError
+from metatts.train.common import SPEAKER_TABLES, RunData, build_model, warm_start
 from metatts.train.supervised import train
 from tiny import TEXTS, TINY_MODEL, synthesize_corpus
 
@@ -61,6 +62,29 @@ def test_init_from_a_checkpoint_of_another_config_is_refused(store, tmp_path):
     with pytest.raises(CheckpointError, match="does not fit"):
         train(_config(store, 1, "model.hidden=48"), tmp_path / "b", init_from=tmp_path / "a/checkpoint",
               progress=False, log=lambda *_: None)
+
+
+def test_init_from_another_corpus_keeps_everything_but_its_speaker_table(store, tmp_path):
+    """Pre-training on one corpus (the generated demo corpus), then training on another with other speakers."""
+    train(_config(store, 2), tmp_path / "pre", progress=False, log=lambda *_: None)
+    synthesize_corpus(tmp_path / "corpus", ("f4", "m5"), TEXTS[:3])
+    other = config_from_dict({}, [f"data.corpus={tmp_path / 'corpus'}", f"data.features={tmp_path / 'store'}",
+                                  "data.layout=folder", "data.workers=1", "data.val_speakers=0",
+                                  "data.test_speakers=0", "data.min_utterances_per_speaker=2", "meta.shots=1",
+                                  "meta.queries=1"])
+    prepare(other, progress=False, log=lambda *_: None)
+    config = _config(tmp_path / "store", 1)
+    data = RunData.load(config)
+    model = build_model(config, len(data.symbols), len(data.speakers))
+    fresh_table = model.speaker.table_embedding.detach().clone()
+    assert warm_start(tmp_path / "pre/checkpoint", model) == list(SPEAKER_TABLES)
+    pre = load_file(str(tmp_path / "pre/checkpoint/model.safetensors"))
+    own = model.state_dict()
+    assert all(torch.equal(own[n], t) for n, t in pre.items() if n not in SPEAKER_TABLES)  # slot included
+    assert torch.equal(model.speaker.table_embedding, fresh_table) and fresh_table.shape[0] == 2
+    logs = []
+    train(config, tmp_path / "fine", init_from=tmp_path / "pre/checkpoint", progress=False, log=logs.append)
+    assert any("another corpus" in line for line in logs)
 
 
 def test_synthesized_audio_length_matches_the_predicted_durations(store, tmp_path):

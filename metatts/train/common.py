@@ -17,7 +17,7 @@ from metatts.corpus.splits import SpeakerSplits
 from metatts.episodes.collate import Collator, Normalizer
 from metatts.features.store import FeatureStore, ManifestEntry, StoreError
 from metatts.model.acoustic import AcousticModel
-from metatts.runtime.checkpoint import CheckpointMeta
+from metatts.runtime.checkpoint import CheckpointError, CheckpointMeta, load_weights
 from metatts.text.symbols import SymbolTable
 
 
@@ -157,3 +157,32 @@ def compute_record(updates: int, seconds: float, resumed_from: dict | None = Non
         record["init_from"] = {"checkpoint": str(init_from), "kind": source.kind, "step": source.step,
                                "compute": source.extra.get("compute")}
     return record
+
+
+SPEAKER_TABLES = ("speaker.table_embedding", "speaker.table_norms")  # one row per training speaker of a corpus
+
+
+def warm_start(checkpoint: str | Path, model: AcousticModel) -> list[str]:
+    """Load ``checkpoint``'s weights into ``model`` to start training from them; returns the tensors kept fresh.
+
+    A checkpoint trained on another corpus (pre-training on the generated demo corpus, then real speech) has a
+    speaker table of other people: its rows mean nothing here, so the table keeps its fresh initialization when
+    its size differs. Every other tensor -- the new-speaker slot included -- must fit exactly."""
+    from safetensors.torch import load_file
+
+    path = Path(checkpoint) / "model.safetensors"
+    tensors = load_file(str(path)) if path.is_file() else {}
+    own = model.state_dict()
+    fresh = [n for n in SPEAKER_TABLES if n in tensors and n in own and tensors[n].shape != own[n].shape]
+    if not fresh:
+        load_weights(checkpoint, model)
+        return []
+    rest = {n: t for n, t in tensors.items() if n not in fresh}
+    missing = sorted(set(own) - set(rest) - set(fresh))
+    unexpected = sorted(set(rest) - set(own))
+    shapes = sorted(n for n, t in rest.items() if n in own and t.shape != own[n].shape)
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"{checkpoint} does not fit this model (another config?): missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}, shape mismatch {shapes[:3]}")
+    model.load_state_dict(rest, strict=False)
+    return fresh

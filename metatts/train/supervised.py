@@ -28,7 +28,7 @@ from metatts.model.losses import FastSpeech2Loss, LossWeights
 from metatts.runtime.checkpoint import load_weights, read_meta, save_checkpoint
 from metatts.runtime.env import resolve_device, rng_state, seed_everything, set_threads
 from metatts.train.common import (RunData, build_model, checkpoint_meta, compute_record, mel_image,
-                                  restore_training_state, warmup_inverse_sqrt)
+                                  restore_training_state, warm_start, warmup_inverse_sqrt)
 
 
 class TrainingError(RuntimeError):
@@ -127,8 +127,9 @@ def train(config: Config, run: str | Path, *, resume: bool = False, init_from: s
         start_step, skipped = int(state["step"]), int(state["skipped"])
         log(f"resuming {run} at step {start_step} (checkpoint kind {meta.kind})")
     elif init_from is not None:
-        load_weights(init_from, model)
-        log(f"initialized weights from {init_from}")
+        fresh = warm_start(init_from, model)
+        log(f"initialized weights from {init_from}"
+            + (f" ({', '.join(fresh)} kept fresh: another corpus's speakers)" if fresh else ""))
     run.mkdir(parents=True, exist_ok=True)
     save_config(config, run / "config.yaml")
 

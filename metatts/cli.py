@@ -190,7 +190,7 @@ def cmd_tasks(args: argparse.Namespace) -> None:
             print(f"{e.speaker}\tsupport {' '.join(e.support)}\tquery {' '.join(e.query)}")
     if not args.checkpoint:
         return
-    from metatts.meta.outer_loop import checkpoint_curve
+    from metatts.evaluation.curves import checkpoint_curve
 
     report = {"suite": suite.name, "features": suite.features, "digest": episodes_digest(episodes), "steps": grid,
               "inner_lr": args.inner_lr, "checkpoints": {}}

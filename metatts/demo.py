@@ -503,7 +503,7 @@ class Demo:
 
     def _evaluate_curve(self, folder: Path) -> dict:
         from metatts.episodes.tasks import episodes_digest
-        from metatts.meta.outer_loop import checkpoint_curve
+        from metatts.evaluation.curves import checkpoint_curve
 
         suite, store, episodes = self._episodes()
         grid = list(self.budget.eval_steps)

@@ -25,10 +25,12 @@ slot tensors (see ``metatts.model.speaker``), so MAML's fast weights are ``selec
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from metatts.align.aligner import Aligner, AlignerConfig, AlignmentOutput
 from metatts.config.schema import ModelConfig
@@ -293,3 +295,27 @@ def select_parameters(model: nn.Module, patterns: list[str] | tuple[str, ...]) -
                                  f"matching a parameter name")
         chosen |= names
     return {name: p for name, p in params.items() if name in chosen}
+
+
+class _Infer(nn.Module):
+    """``forward`` = ``model.infer``, so ``torch.func.functional_call`` can run inference with other tensors."""
+
+    def __init__(self, model: AcousticModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, **kwargs) -> Synthesis:
+        return self.model.infer(*args, **kwargs)
+
+
+def infer_with(model: AcousticModel, params: Mapping[str, Tensor] | None, phonemes: Tensor, phoneme_lengths: Tensor,
+               speakers: Tensor, **kwargs) -> Synthesis:
+    """``model.infer`` with ``params`` (name -> tensor, e.g. an adapted slot) in place of the model's own tensors,
+    through ``torch.func.functional_call``: the model's parameters are never written. functional_call re-points the
+    module's attributes for the duration of the call, so threads sharing one model serialize their calls
+    (``metatts.api.TTS`` holds a lock around it)."""
+    if not params:
+        return model.infer(phonemes, phoneme_lengths, speakers, **kwargs)
+    named = dict(model.named_parameters())
+    moved = {f"model.{n}": t.to(named[n].device, named[n].dtype) for n, t in params.items()}
+    return functional_call(_Infer(model), moved, (phonemes, phoneme_lengths, speakers), kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -207,24 +208,24 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from metatts.evaluation.harness import METHODS, run_evaluation
+    from metatts.evaluation.harness import DEFAULT_STEPS, METHODS, run_evaluation
 
     methods = [m.strip() for item in args.methods or METHODS for m in item.split(",") if m.strip()]
     steps = [int(s) for item in args.steps for s in str(item).split(",") if s.strip()] if args.steps else None
     out = Path(args.out) if args.out else Path("runs") / "evaluate" / Path(args.task).stem
     results = run_evaluation(args.checkpoint, args.baseline, args.task, out, methods=methods,
-                             steps=steps or (0, 1, 2, 5, 10, 20, 50, 100), vocoder=args.vocoder, device=args.device,
+                             steps=steps or DEFAULT_STEPS, vocoder=args.vocoder, device=args.device,
                              samples=args.samples, progress=not args.quiet, features=args.features,
                              baseline_lr=args.baseline_lr, full_lr=args.full_lr, threads=args.threads,
                              speakers=args.max_speakers, tasks_per_speaker=args.tasks_per_speaker)
     print("speaker similarity (mean over episodes)")
-    print("method".ljust(10) + "".join(f"{f'k={k}':>8}" for k in results["steps"]))
-    for method in results["methods"]:
-        values = results["similarity"][method]
-        print(method.ljust(10) + "".join(f"{values[str(k)]:8.3f}" if values[str(k)] is not None else f"{'-':>8}"
-                                         for k in results["steps"]))
+    print("method".ljust(10) + "".join(f"{f'k={k}':>8}" for k in results.steps))
+    for method in results.methods:
+        values = results.mean("similarity", method)
+        print(method.ljust(10) + "".join(f"{values[k]:8.3f}" if math.isfinite(values[k]) else f"{'-':>8}"
+                                         for k in results.steps))
     print(f"wrote {out / 'results.json'}, results.md, similarity.png, eer.png, samples/, tb/ "
-          f"({results['seconds']:.0f} s)")
+          f"({results.seconds:.0f} s)")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

@@ -535,14 +535,11 @@ class Demo:
                                  steps=grid, vocoder="griffinlim", device="cpu", samples=1, progress=self.progress,
                                  log=self.log, baseline_lr=self.config.meta.inner_lr, speakers=speakers,
                                  tasks_per_speaker=1)
-        def table(metric: str) -> dict[str, dict[int, float]]:
-            return {m: {int(k): float("nan") if v is None else float(v) for k, v in row.items()}
-                    for m, row in (results.get(metric) or {}).items()}
-
-        mel, similarity, eer = table("mel_l1"), table("similarity"), table("eer")
+        mel, similarity, eer = ({m: dict(results.mean(metric, m)) for m in results.methods}
+                                for metric in ("mel_l1", "similarity", "eer"))
         return {"outputs": ["eval/results.json"], "method": "harness", "suite": suite.name, "steps": grid,
-                "seconds": results.get("seconds"),
-                "shots": suite.shots, "queries": suite.queries, "episodes": len(results.get("episodes") or []),
+                "seconds": results.seconds,
+                "shots": suite.shots, "queries": suite.queries, "episodes": len(results.episodes),
                 "mel_l1": mel, "similarity": similarity, "eer": eer,
                 "summary": _comparison_summary(mel, grid)}
 

@@ -229,7 +229,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from metatts.evaluation.bench import run_bench
+    from metatts.bench import run_bench
 
     record, path = run_bench(args.evaluation, args.checkpoint, clips=args.clips, out=args.out, threads=args.threads,
                              runs=args.runs)

@@ -208,13 +208,13 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from metatts.evaluation.harness import DEFAULT_STEPS, METHODS, run_evaluation
+    from metatts.evaluation.harness import METHODS, run_evaluation
 
     methods = [m.strip() for item in args.methods or METHODS for m in item.split(",") if m.strip()]
     steps = [int(s) for item in args.steps for s in str(item).split(",") if s.strip()] if args.steps else None
     out = Path(args.out) if args.out else Path("runs") / "evaluate" / Path(args.task).stem
     results = run_evaluation(args.checkpoint, args.baseline, args.task, out, methods=methods,
-                             steps=steps or DEFAULT_STEPS, vocoder=args.vocoder, device=args.device,
+                             steps=steps, vocoder=args.vocoder, device=args.device,
                              samples=args.samples, progress=not args.quiet, features=args.features,
                              baseline_lr=args.baseline_lr, full_lr=args.full_lr, threads=args.threads,
                              speakers=args.max_speakers, tasks_per_speaker=args.tasks_per_speaker)
@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", help="feature store (overrides the suite's features)")
     p.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="meta baseline full none dvector (default: all)")
-    p.add_argument("--steps", nargs="+", metavar="K", help="step counts (default 0 1 2 5 10 20 50 100)")
+    p.add_argument("--steps", nargs="+", metavar="K", help="step counts (default: the suite's step_grid)")
     p.add_argument("--out", help="output folder (default runs/evaluate/<suite name>)")
     p.add_argument("--vocoder", default="griffinlim",
                    help="griffinlim (default: fast enough for every step of every method), hifigan, or a path")

@@ -71,8 +71,8 @@ class DemoBudget:
     overrides: tuple[str, ...] = ()  # config overrides (key.path=value) applied before the user's --set
 
 
-# The tiny model of tests/tiny.py: trains a step in well under a second on one thread.
-_SMOKE_MODEL = ("model.preset=custom", "model.hidden=32", "model.heads=2", "model.encoder_layers=1",
+# A model small enough to train a step in well under a second on one thread (the tests train it too: tests/tiny.py).
+SMOKE_MODEL = ("model.preset=custom", "model.hidden=32", "model.heads=2", "model.encoder_layers=1",
                 "model.decoder_layers=1", "model.conv_filter=64", "model.predictor_filter=32", "model.speaker_dim=16",
                 "model.pitch_bins=16", "model.energy_bins=16", "model.max_speakers=8")
 
@@ -84,7 +84,7 @@ BUDGETS: dict[str, DemoBudget] = {
     "smoke": DemoBudget(
         name="smoke", corpus_speakers=6, corpus_sentences=10, adapt_speakers=2, adapt_steps=2, sentences=1,
         eval_steps=(0, 1, 2), eval_tasks_per_speaker=1,
-        overrides=(*_SMOKE_MODEL, "data.workers=1", "data.val_speakers=1", "data.test_speakers=2",
+        overrides=(*SMOKE_MODEL, "data.workers=1", "data.val_speakers=1", "data.test_speakers=2",
                    "data.min_utterances_per_speaker=10", "train.steps=6", "train.batch_size=4",
                    "train.warmup_steps=2", "train.log_every=1", "train.val_every=1000", "train.checkpoint_every=1000",
                    "train.bin_loss_start=2", "train.bin_loss_ramp=2", "meta.steps=2", "meta.meta_batch=2",

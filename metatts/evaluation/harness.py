@@ -56,7 +56,6 @@ from metatts.runtime.checkpoint import CheckpointError, CheckpointMeta, read_met
 from metatts.runtime.env import machine_info, resolve_device
 from metatts.vocoder import load_vocoder
 
-DEFAULT_STEPS = (0, 1, 2, 5, 10, 20, 50, 100)  # the step grid of `metatts evaluate` when the suite's is not used
 SETTINGS = {
     "similarity": "cosine of each synthesized query's d-vector with the mean d-vector of the episode's real query "
                   "utterances, averaged over the queries",
@@ -277,14 +276,14 @@ def _write(result: EvaluationResult, out_dir: Path, tensorboard: bool) -> dict:
     return data
 
 
-def run_evaluation(meta_checkpoint, baseline_checkpoint, suite, out_dir, *, methods=METHODS, steps=DEFAULT_STEPS,
+def run_evaluation(meta_checkpoint, baseline_checkpoint, suite, out_dir, *, methods=METHODS, steps=None,
                    vocoder="griffinlim", device="cpu", samples=1, progress=True, log: Callable[[str], None] = print,
                    features: str | Path | None = None, baseline_lr: float | None = None, full_lr: float = FULL_LR,
                    threads: int | None = None, speakers: Sequence[str] | int | None = None,
                    tasks_per_speaker: int | None = None, cache_dir: str | Path | None = None,
                    dvector_utterances: int | None = None, tensorboard: bool = True) -> EvaluationResult:
     """Evaluate ``methods`` on the frozen episodes of ``suite`` (a tasks/*.yaml path or a ``TaskSuite``) after each
-    step count of ``steps`` and write ``out_dir``/results.json (``EvaluationResult.to_json``), results.md, plots,
+    step count of ``steps`` (None: the suite's ``step_grid``) and write ``out_dir``/results.json (``EvaluationResult.to_json``), results.md, plots,
     samples and tb/; returns the typed result. See the module docstring. Extra keywords: ``features`` overrides
     the suite's store; ``speakers`` keeps only these held-out speakers (a list, or the first N);
     ``tasks_per_speaker`` overrides the suite's; ``threads`` sets torch's CPU threads for the run; ``cache_dir``
@@ -292,14 +291,14 @@ def run_evaluation(meta_checkpoint, baseline_checkpoint, suite, out_dir, *, meth
     speaker for the d-vector fit."""
     started = time.perf_counter()
     methods = list(dict.fromkeys(methods))
-    try:
-        grid = step_grid(steps)
-    except ValueError:
-        raise EvaluationError(f"steps must be step counts >= 0, got {list(steps)}") from None
     if samples < 0:
         raise EvaluationError(f"samples must be >= 0, got {samples}")
     meta_info, base_info = check_checkpoints(meta_checkpoint, baseline_checkpoint, methods)
     suite, store, splits, episodes = _suite_and_episodes(suite, features, tasks_per_speaker, speakers, log)
+    try:
+        grid = step_grid(suite.step_grid if steps is None else steps)
+    except ValueError:
+        raise EvaluationError(f"steps must be step counts >= 0, got {list(steps)}") from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "cache"

@@ -55,29 +55,6 @@ _GROUP_PREFIXES = (
 GROUPS = tuple(dict.fromkeys(group for _, group in _GROUP_PREFIXES))
 SPEAKER_GROUPS = ("speaker_embedding", "speaker_norms")  # the per-speaker (fast) groups: the slot tensors
 
-_PRESETS = {
-    # Learns on a CPU in minutes; the ModelConfig defaults. FastSpeech's (1) feed-forward kernel 3 and a 256-wide
-    # filter instead of FastSpeech 2's 9 and 1024: the decoder's convolutions dominate CPU time (a 5-clip inner step
-    # measured 1.6x faster than with kernel 9 / filter 512, 1.8 M parameters fewer).
-    "tiny": dict(hidden=128, encoder_layers=2, decoder_layers=2, heads=2, conv_filter=256, conv_kernel=3,
-                 predictor_filter=128, predictor_kernel=3, pitch_bins=128, energy_bins=128, speaker_dim=64,
-                 dropout=0.1, postnet=False),
-    # Meta-TTS / FastSpeech 2 (ming024) sizes.
-    "paper": dict(hidden=256, encoder_layers=4, decoder_layers=6, heads=2, conv_filter=1024, conv_kernel=9,
-                  predictor_filter=256, predictor_kernel=3, pitch_bins=256, energy_bins=256, speaker_dim=256,
-                  dropout=0.2, postnet=True),
-}
-
-
-def preset_values(name: str) -> dict:
-    """``ModelConfig`` field values of a preset (``tiny`` or ``paper``); ``custom`` has none."""
-    if name == "custom":
-        return {}
-    if name not in _PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose {', '.join(_PRESETS)} or custom")
-    return dict(_PRESETS[name])
-
-
 @dataclass
 class VarianceOutput:
     frames: Tensor  # [B, T, hidden] regulated states with pitch and energy embeddings added

@@ -34,13 +34,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from metatts.recipes import recipe_file
+
 STATE_FILE = "demo-state.json"
 CORPUS = "demo-corpus"  # the folder name is the corpus name, which the task suite (tasks/demo.yaml) names
 STATE_KIND = "metatts-demo"
 STATE_FORMAT = 1
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
-DEFAULT_SUITE = REPO / "tasks" / "demo.yaml"
+DEFAULT_CONFIG = recipe_file("configs", "demo.yaml")
+DEFAULT_SUITE = recipe_file("tasks", "demo.yaml")
 STAGES = ("corpus", "prepare", "train", "meta-train", "adapt", "synthesize", "evaluate", "report")
 METHODS = ("meta", "baseline")  # meta: the meta-trained checkpoint; baseline: the multi-speaker one
 

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "metatts"
 
 # Lowest first. A name is a package (every module under it) or a module; the longest matching name wins.
 LAYERS = [
-    ["config", "runtime"],
+    ["config", "runtime", "recipes"],
     ["corpus", "text", "features", "align"],
     ["model", "vocoder", "meta.inner_loop", "meta.inner_lr"],
     ["episodes"],

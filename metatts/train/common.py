@@ -59,8 +59,8 @@ class RunData:
             for entry in entries:
                 (val if entry.id in held else train).append(entry)
         rows = {s: i for i, s in enumerate(speakers)}
-        return cls(store, splits, symbols, normalizer, speakers, train, val,
-                   Collator(store, symbols, rows, normalizer))
+        return cls(store=store, splits=splits, symbols=symbols, normalizer=normalizer, speakers=speakers, train=train,
+                   val=val, collator=Collator(store, symbols, rows, normalizer))
 
 
 def restore_training_state(checkpoint: str | Path, optimizer, schedule, scaler) -> dict:

@@ -5,8 +5,9 @@ and second-order meta-steps, and the same second-order meta-step written with `h
 
 One meta-step = B tasks, each: aligner durations for the support (no graph) and the query (with graph, its
 forward-sum loss is in the objective), k inner SGD steps on the speaker slot (learned per-element rates α), the
-query loss at φ_k, backward into θ, φ0 and α; then gradient clipping and an Adam step -- what `metatts meta-train`
-does (``metatts.meta.outer_loop``). The peers replace only the inner loop: `higher.innerloop_ctx` with a
+query loss at φ_k, backward into θ, φ0 and α; then gradient clipping and an Adam step -- every variant is a call of
+``metatts.meta.step.meta_step``, the function `metatts meta-train` runs. The peers replace only the inner loop
+(its ``task_fn``): `higher.innerloop_ctx` with a
 differentiable SGD whose per-element rates are overridden by α, and torchopt's functional ``sgd`` transform with α
 as its rate (one transform per fast tensor) over ``functional_call``. The plain step is ``metatts train``'s step on
 the same B x (N + Q) utterances as one multi-speaker batch (aligner included). Before timing, the gradients of the
@@ -45,15 +46,14 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from metatts.align.aligner import forward_sum_loss
+from metatts.checkpoints import build_model
 from metatts.config import config_from_dict
 from metatts.meta.inner_lr import InnerLR
-from metatts.meta.outer_loop import task_loss
+from metatts.meta.step import MetaStepSettings, Task, TaskLoss, meta_step, task_loss
 from metatts.model.acoustic import select_parameters
 from metatts.model.batch import NEW_SPEAKER, Batch
 from metatts.model.losses import FastSpeech2Loss
 from metatts.runtime.env import machine_info
-from metatts.train.common import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("plain", "first_order", "second_order", "higher", "torchopt")
@@ -116,11 +116,11 @@ def _concat(batches: list[Batch], speakers: Tensor) -> Batch:
 # ------------------------------------------------------------------------------------------------ inner loops
 def ours(first_order: bool):
     def inner(model, support, query, lr, steps):
-        return task_loss(model, support, query, lr, GROUPS, steps=steps, first_order=first_order).query.total
+        return task_loss(model, support, query, lr, GROUPS, steps=steps, first_order=first_order)
     return inner
 
 
-def with_higher(model, support, query, lr, steps):
+def with_higher(model, support, query, lr, steps) -> TaskLoss:
     import higher
 
     loss = FastSpeech2Loss()
@@ -131,10 +131,10 @@ def with_higher(model, support, query, lr, steps):
                               override={"lr": [lr[n] for n in fast]}) as (fmodel, diffopt):
         for _ in range(steps):
             diffopt.step(loss(fmodel(support), support).total)
-        return loss(fmodel(query), query).total
+        return TaskLoss(query=loss(fmodel(query), query), support=[])
 
 
-def with_torchopt(model, support, query, lr, steps):
+def with_torchopt(model, support, query, lr, steps) -> TaskLoss:
     import torchopt
 
     loss = FastSpeech2Loss()
@@ -151,27 +151,27 @@ def with_torchopt(model, support, query, lr, steps):
         for n, g in zip(names, grads):
             updates, states[n] = transforms[n].update((g,), states[n], inplace=False)
             (phi[n],) = torchopt.apply_updates((phi[n],), updates, inplace=False)
-    return loss(functional_call(model, phi, (query,)), query).total
+    return TaskLoss(query=loss(functional_call(model, phi, (query,)), query), support=[])
 
 
 INNER = {"first_order": ours(True), "second_order": ours(False), "higher": with_higher, "torchopt": with_torchopt}
 
 
 # ------------------------------------------------------------------------------------------------ one step
-def meta_step(variant: str, model, inner_lr, params, optimizer, episodes, plain, steps: int) -> None:
-    optimizer.zero_grad(set_to_none=True)
+def one_step(variant: str, model, inner_lr, params, optimizer, episodes, plain, steps: int) -> None:
     if variant == "plain":
+        optimizer.zero_grad(set_to_none=True)
         FastSpeech2Loss()(model(plain), plain).total.backward()
-    else:
-        for index, (support, query) in enumerate(episodes):
-            torch.manual_seed(index)  # the same dropout masks for every implementation
-            support = support.with_durations(model.alignment(support).durations)
-            alignment = model.aligner(query.phonemes, query.phoneme_lengths, query.mels, query.mel_lengths)
-            query = query.with_durations(alignment.durations)
-            objective = INNER[variant](model, support, query, inner_lr.as_dict(), steps) + forward_sum_loss(alignment)
-            (objective / len(episodes)).backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        return
+    # The same dropout masks for every implementation: task i is seeded with i.
+    tasks = [Task(support, query, seed=index) for index, (support, query) in enumerate(episodes)]
+    settings = MetaStepSettings(groups=GROUPS, inner_steps=steps, grad_clip=1.0)
+    stats = meta_step(model, tasks, optimizer, settings, inner_lr=inner_lr, params=params,
+                      task_fn=lambda m, s, q, lr: INNER[variant](m, s, q, lr, steps))
+    if not stats.applied:
+        raise RuntimeError(f"{variant}: the meta-step was skipped ({stats.skipped})")
 
 
 def agreement(model, inner_lr, params, episodes, steps: int) -> dict[str, float]:
@@ -184,7 +184,7 @@ def agreement(model, inner_lr, params, episodes, steps: int) -> dict[str, float]
         support, query = episodes[0]
         support = support.with_durations(model.alignment(support).durations)
         query = query.with_durations(model.alignment(query).durations)
-        INNER[variant](model, support, query, inner_lr.as_dict(), steps).backward()
+        INNER[variant](model, support, query, inner_lr.as_dict(), steps).query.total.backward()
         grads[variant] = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
     model.train()
     for p in params:
@@ -217,7 +217,7 @@ def child(args: argparse.Namespace) -> None:
             # The order rotates every round: a variant that follows a memory-hungry one finds pages already mapped.
             for variant in VARIANTS[round_ % len(VARIANTS):] + VARIANTS[:round_ % len(VARIANTS)]:
                 start, start_cpu = time.perf_counter(), time.process_time()
-                meta_step(variant, *state, args.inner_steps)
+                one_step(variant, *state, args.inner_steps)
                 cpu[variant].append((time.process_time() - start_cpu) * 1000)
                 wall[variant].append((time.perf_counter() - start) * 1000)
         print(json.dumps({v: {"ms": statistics.median(cpu[v][1:]), "cpu_ms": cpu[v], "wall_ms": wall[v]}
@@ -231,7 +231,7 @@ def child(args: argparse.Namespace) -> None:
     except OSError:
         method = "ru_maxrss"
     start = time.perf_counter()
-    meta_step(args.child, *state, args.inner_steps)
+    one_step(args.child, *state, args.inner_steps)
     print(json.dumps({"first_ms": (time.perf_counter() - start) * 1000, "peak_mb": _status_mb("VmHWM") - before,
                       "memory_method": method}))
 

@@ -40,7 +40,8 @@ from metatts.config import load_config
 from metatts.corpus.splits import SpeakerSplits
 from metatts.episodes.tasks import episodes_digest, frozen_episodes, load_task_suite
 from metatts.features.store import FeatureStore
-from metatts.meta.outer_loop import checkpoint_curve, meta_train
+from metatts.evaluation.curves import checkpoint_curve
+from metatts.meta.outer_loop import meta_train
 from metatts.runtime.checkpoint import read_meta
 from metatts.runtime.env import machine_info
 from metatts.train.supervised import train

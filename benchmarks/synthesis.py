@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from metatts.api import load
+from metatts.api import TTS, load
+from metatts.checkpoints import build_model
 from metatts.config import config_from_dict
 from metatts.model.batch import Batch
 from metatts.model.losses import FastSpeech2Loss
 from metatts.runtime.env import machine_info
-from metatts.train.common import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = [
@@ -68,7 +68,8 @@ def train_step_ms(preset: str, steps: int, batch_size: int) -> float:
 
 
 def rtf(tts, vocoder_name: str, repeats: int) -> dict:
-    tts._vocoder, tts._vocoder_name = None, vocoder_name
+    # A TTS of the same model with its own vocoder (the vocoder is chosen at construction).
+    tts = TTS(tts.model, tts.meta, tts.device, vocoder_name, checkpoint=tts.checkpoint, digest=tts.weights_digest)
     tts.synthesize(SENTENCES[0], None)  # load the vocoder and warm up kernels
     wall = audio = 0.0
     for _ in range(repeats):

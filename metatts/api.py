@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +23,15 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from metatts.checkpoints import load_model
 from metatts.config import config_from_dict
-from metatts.model.acoustic import AcousticModel
+from metatts.model.acoustic import AcousticModel, infer_with
 from metatts.model.batch import NEW_SPEAKER
-from metatts.runtime.checkpoint import CheckpointMeta, load_weights, read_meta, weights_digest
+from metatts.runtime.checkpoint import CheckpointMeta, weights_digest
 from metatts.runtime.env import resolve_device
 from metatts.text.normalize import normalize_text
 from metatts.text.phonemes import Phonemizer
 from metatts.text.symbols import SymbolTable
-from metatts.train.common import build_model
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
 SENTENCE_GAP_SECONDS = 0.15  # silence between sentences synthesized separately
@@ -66,10 +67,16 @@ def split_sentences(text: str) -> list[str]:
 
 
 class TTS:
-    """A loaded acoustic model with its front end and a vocoder."""
+    """A loaded acoustic model with its front end and a vocoder.
+
+    Safe to share between threads: every use of the acoustic model (synthesis with any voice, adaptation) holds
+    one lock, and a voice's tensors enter through ``torch.func.functional_call``, never by writing the model's
+    parameters; vocoding runs outside the lock."""
 
     def __init__(self, model: AcousticModel, meta: CheckpointMeta, device: torch.device, vocoder=None, *,
                  checkpoint: str | Path | None = None, digest: str | None = None):
+        """``vocoder``: a vocoder object, or a name for ``load_vocoder`` (None/"hifigan": the universal HiFi-GAN,
+        Griffin-Lim when absent; "griffinlim"; a HiFi-GAN checkpoint path), loaded on first synthesis."""
         self.model, self.meta, self.device = model.eval(), meta, device
         # The folder and weights hash the model came from: voice packs are made for, and only load onto, these.
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
@@ -78,36 +85,30 @@ class TTS:
         self.symbols = SymbolTable.from_json(meta.symbols)
         self.speakers = list(meta.speakers)
         self._rows = {s: i for i, s in enumerate(self.speakers)}
-        self._vocoder = vocoder
+        named = vocoder is None or isinstance(vocoder, (str, os.PathLike))
+        self.vocoder_name: str | None = (str(vocoder) if vocoder is not None else None) if named else None
+        self._vocoder = None if named else vocoder
         self._phonemizer: Phonemizer | None = None
         self._clip_reader = None
+        self._model_lock = threading.RLock()  # the acoustic model, its mode and its phonemizer: one user at a time
+        self._vocoder_lock = threading.Lock()
 
     @classmethod
     def load(cls, checkpoint: str | Path, *, device: str = "auto", vocoder: str | None = None) -> "TTS":
         """Load a checkpoint folder. ``vocoder``: None/"hifigan" (universal HiFi-GAN, Griffin-Lim fallback),
         "griffinlim", or a HiFi-GAN checkpoint path; loaded on first synthesis."""
-        meta = read_meta(checkpoint)
-        config = config_from_dict(meta.config)
         torch_device = resolve_device(device)
-        model = build_model(config, len(SymbolTable.from_json(meta.symbols)), len(meta.speakers))
-        # Hash the weights file around the load: a training run may replace the checkpoint meanwhile, and the hash
-        # voice packs are checked against must be that of the weights actually loaded.
-        for _ in range(3):
-            digest = weights_digest(checkpoint)
-            load_weights(checkpoint, model)
-            if weights_digest(checkpoint) == digest:
-                break
-        tts = cls(model.to(torch_device), meta, torch_device, checkpoint=checkpoint, digest=digest)
-        tts._vocoder_name = vocoder
-        return tts
+        loaded = load_model(checkpoint, torch_device)
+        return cls(loaded.model, loaded.meta, torch_device, vocoder, checkpoint=checkpoint, digest=loaded.digest)
 
     @property
     def vocoder(self):
-        if self._vocoder is None:
-            from metatts.vocoder import load_vocoder
+        with self._vocoder_lock:
+            if self._vocoder is None:
+                from metatts.vocoder import load_vocoder
 
-            self._vocoder = load_vocoder(getattr(self, "_vocoder_name", None), self.config.audio, self.device)
-        return self._vocoder
+                self._vocoder = load_vocoder(self.vocoder_name, self.config.audio, self.device)
+            return self._vocoder
 
     @property
     def sample_rate(self) -> int:
@@ -130,9 +131,10 @@ class TTS:
         if not text or not text.strip():
             raise SynthesisError("the text is empty")
         sentences = split_sentences(normalize_text(text))
-        if self._phonemizer is None:
-            self._phonemizer = Phonemizer(self.config.text, normalize=False)
-        symbols = self._phonemizer.phonemize(sentences)
+        with self._model_lock:
+            if self._phonemizer is None:
+                self._phonemizer = Phonemizer(self.config.text, normalize=False)
+            symbols = self._phonemizer.phonemize(sentences)
         kept = [(s, p) for s, p in zip(sentences, symbols) if p]
         if not kept:
             raise SynthesisError(f"nothing pronounceable in {text!r}")
@@ -153,11 +155,13 @@ class TTS:
         from metatts.adapt.fast import adapt_voice
 
         checkpoint = self._require_checkpoint("adapt a voice")
-        if self._clip_reader is None or self._clip_reader.unknown != unknown:
-            self._clip_reader = ClipReader.from_meta(self.meta, unknown)
-        clip_set = self._clip_reader.read(clips, texts, transcripts=transcripts)
-        return adapt_voice(self.model, checkpoint, clip_set, steps=steps, lr=lr, groups=groups, optimizer=optimizer,
-                           l2_anchor=l2_anchor, seed=seed, digest=self.weights_digest, meta=self.meta)
+        with self._model_lock:
+            if self._clip_reader is None or self._clip_reader.unknown != unknown:
+                self._clip_reader = ClipReader.from_meta(self.meta, unknown)
+            clip_set = self._clip_reader.read(clips, texts, transcripts=transcripts)
+            return adapt_voice(self.model, checkpoint, clip_set, steps=steps, lr=lr, groups=groups,
+                               optimizer=optimizer, l2_anchor=l2_anchor, seed=seed, digest=self.weights_digest,
+                               meta=self.meta)
 
     def voice_params(self, voice, alpha: float = 1.0) -> dict[str, torch.Tensor]:
         """The tensors a voice replaces: ``voice`` is a ``Voice``, a ``VoicePack`` or a pack path; with ``alpha``
@@ -210,12 +214,9 @@ class TTS:
         lengths = torch.tensor([len(i) for i in ids])
         phonemes = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True).to(self.device)
         speakers = torch.full((len(ids),), self.speaker_row(speaker), dtype=torch.long, device=self.device)
-        if params:
-            # ``infer`` is a method, not ``forward``, so swap the tensors in for the call instead of functional_call.
-            out = _with_params(self.model, params, lambda: self.model.infer(
-                phonemes, lengths.to(self.device), speakers, duration_scale=duration_scale))
-        else:
-            out = self.model.infer(phonemes, lengths.to(self.device), speakers, duration_scale=duration_scale)
+        with self._model_lock:
+            out = infer_with(self.model, params, phonemes, lengths.to(self.device), speakers,
+                             duration_scale=duration_scale)
         return sentences, [out.mels[i, :, :int(out.mel_lengths[i])].cpu() for i in range(len(ids))]
 
     def synthesize(self, text: str, speaker=None, *, duration_scale: float = 1.0,
@@ -237,20 +238,6 @@ class TTS:
             pieces.extend([wave, gap])
         return Speech(wave=np.concatenate(pieces[:-1]), sample_rate=self.sample_rate, mels=mels,
                       sentences=sentences)
-
-
-def _with_params(model: torch.nn.Module, params: dict[str, torch.Tensor], call):
-    """Run ``call`` with some of ``model``'s parameters temporarily replaced (restored afterwards)."""
-    saved = {}
-    named = dict(model.named_parameters())
-    try:
-        for name, value in params.items():
-            saved[name] = named[name].data
-            named[name].data = value.to(named[name].device, named[name].dtype)
-        return call()
-    finally:
-        for name, value in saved.items():
-            named[name].data = value
 
 
 def load(checkpoint: str | Path, *, device: str = "auto", vocoder: str | None = None) -> TTS:

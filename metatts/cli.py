@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -190,7 +191,7 @@ def cmd_tasks(args: argparse.Namespace) -> None:
             print(f"{e.speaker}\tsupport {' '.join(e.support)}\tquery {' '.join(e.query)}")
     if not args.checkpoint:
         return
-    from metatts.meta.outer_loop import checkpoint_curve
+    from metatts.evaluation.curves import checkpoint_curve
 
     report = {"suite": suite.name, "features": suite.features, "digest": episodes_digest(episodes), "steps": grid,
               "inner_lr": args.inner_lr, "checkpoints": {}}
@@ -213,22 +214,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     steps = [int(s) for item in args.steps for s in str(item).split(",") if s.strip()] if args.steps else None
     out = Path(args.out) if args.out else Path("runs") / "evaluate" / Path(args.task).stem
     results = run_evaluation(args.checkpoint, args.baseline, args.task, out, methods=methods,
-                             steps=steps or (0, 1, 2, 5, 10, 20, 50, 100), vocoder=args.vocoder, device=args.device,
+                             steps=steps, vocoder=args.vocoder, device=args.device,
                              samples=args.samples, progress=not args.quiet, features=args.features,
                              baseline_lr=args.baseline_lr, full_lr=args.full_lr, threads=args.threads,
                              speakers=args.max_speakers, tasks_per_speaker=args.tasks_per_speaker)
     print("speaker similarity (mean over episodes)")
-    print("method".ljust(10) + "".join(f"{f'k={k}':>8}" for k in results["steps"]))
-    for method in results["methods"]:
-        values = results["similarity"][method]
-        print(method.ljust(10) + "".join(f"{values[str(k)]:8.3f}" if values[str(k)] is not None else f"{'-':>8}"
-                                         for k in results["steps"]))
+    print("method".ljust(10) + "".join(f"{f'k={k}':>8}" for k in results.steps))
+    for method in results.methods:
+        values = results.mean("similarity", method)
+        print(method.ljust(10) + "".join(f"{values[k]:8.3f}" if math.isfinite(values[k]) else f"{'-':>8}"
+                                         for k in results.steps))
     print(f"wrote {out / 'results.json'}, results.md, similarity.png, eer.png, samples/, tb/ "
-          f"({results['seconds']:.0f} s)")
+          f"({results.seconds:.0f} s)")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from metatts.evaluation.bench import run_bench
+    from metatts.bench import run_bench
 
     record, path = run_bench(args.evaluation, args.checkpoint, clips=args.clips, out=args.out, threads=args.threads,
                              runs=args.runs)
@@ -389,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", help="feature store (overrides the suite's features)")
     p.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="meta baseline full none dvector (default: all)")
-    p.add_argument("--steps", nargs="+", metavar="K", help="step counts (default 0 1 2 5 10 20 50 100)")
+    p.add_argument("--steps", nargs="+", metavar="K", help="step counts (default: the suite's step_grid)")
     p.add_argument("--out", help="output folder (default runs/evaluate/<suite name>)")
     p.add_argument("--vocoder", default="griffinlim",
                    help="griffinlim (default: fast enough for every step of every method), hifigan, or a path")

@@ -34,13 +34,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from metatts.recipes import recipe_file
+
 STATE_FILE = "demo-state.json"
 CORPUS = "demo-corpus"  # the folder name is the corpus name, which the task suite (tasks/demo.yaml) names
 STATE_KIND = "metatts-demo"
 STATE_FORMAT = 1
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
-DEFAULT_SUITE = REPO / "tasks" / "demo.yaml"
+DEFAULT_CONFIG = recipe_file("configs", "demo.yaml")
+DEFAULT_SUITE = recipe_file("tasks", "demo.yaml")
 STAGES = ("corpus", "prepare", "train", "meta-train", "adapt", "synthesize", "evaluate", "report")
 METHODS = ("meta", "baseline")  # meta: the meta-trained checkpoint; baseline: the multi-speaker one
 
@@ -71,8 +72,8 @@ class DemoBudget:
     overrides: tuple[str, ...] = ()  # config overrides (key.path=value) applied before the user's --set
 
 
-# The tiny model of tests/tiny.py: trains a step in well under a second on one thread.
-_SMOKE_MODEL = ("model.preset=custom", "model.hidden=32", "model.heads=2", "model.encoder_layers=1",
+# A model small enough to train a step in well under a second on one thread (the tests train it too: tests/tiny.py).
+SMOKE_MODEL = ("model.preset=custom", "model.hidden=32", "model.heads=2", "model.encoder_layers=1",
                 "model.decoder_layers=1", "model.conv_filter=64", "model.predictor_filter=32", "model.speaker_dim=16",
                 "model.pitch_bins=16", "model.energy_bins=16", "model.max_speakers=8")
 
@@ -84,7 +85,7 @@ BUDGETS: dict[str, DemoBudget] = {
     "smoke": DemoBudget(
         name="smoke", corpus_speakers=6, corpus_sentences=10, adapt_speakers=2, adapt_steps=2, sentences=1,
         eval_steps=(0, 1, 2), eval_tasks_per_speaker=1,
-        overrides=(*_SMOKE_MODEL, "data.workers=1", "data.val_speakers=1", "data.test_speakers=2",
+        overrides=(*SMOKE_MODEL, "data.workers=1", "data.val_speakers=1", "data.test_speakers=2",
                    "data.min_utterances_per_speaker=10", "train.steps=6", "train.batch_size=4",
                    "train.warmup_steps=2", "train.log_every=1", "train.val_every=1000", "train.checkpoint_every=1000",
                    "train.bin_loss_start=2", "train.bin_loss_ramp=2", "meta.steps=2", "meta.meta_batch=2",
@@ -503,7 +504,7 @@ class Demo:
 
     def _evaluate_curve(self, folder: Path) -> dict:
         from metatts.episodes.tasks import episodes_digest
-        from metatts.meta.outer_loop import checkpoint_curve
+        from metatts.evaluation.curves import checkpoint_curve
 
         suite, store, episodes = self._episodes()
         grid = list(self.budget.eval_steps)
@@ -535,14 +536,11 @@ class Demo:
                                  steps=grid, vocoder="griffinlim", device="cpu", samples=1, progress=self.progress,
                                  log=self.log, baseline_lr=self.config.meta.inner_lr, speakers=speakers,
                                  tasks_per_speaker=1)
-        def table(metric: str) -> dict[str, dict[int, float]]:
-            return {m: {int(k): float("nan") if v is None else float(v) for k, v in row.items()}
-                    for m, row in (results.get(metric) or {}).items()}
-
-        mel, similarity, eer = table("mel_l1"), table("similarity"), table("eer")
+        mel, similarity, eer = ({m: dict(results.mean(metric, m)) for m in results.methods}
+                                for metric in ("mel_l1", "similarity", "eer"))
         return {"outputs": ["eval/results.json"], "method": "harness", "suite": suite.name, "steps": grid,
-                "seconds": results.get("seconds"),
-                "shots": suite.shots, "queries": suite.queries, "episodes": len(results.get("episodes") or []),
+                "seconds": results.seconds,
+                "shots": suite.shots, "queries": suite.queries, "episodes": len(results.episodes),
                 "mel_l1": mel, "similarity": similarity, "eer": eer,
                 "summary": _comparison_summary(mel, grid)}
 

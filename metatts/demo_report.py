@@ -20,7 +20,8 @@ def _figure(width: float, height: float):
     return fig
 
 
-def plot_adaptation(mel: dict[str, dict], path: Path, title: str, ylabel: str = "query mel L1") -> Path:
+def plot_adaptation(mel: dict[str, dict], path: Path, title: str, ylabel: str = "query mel L1", *,
+                    shots: int) -> Path:
     """Mean metric after k inner steps, one line per method (x on a symlog axis: the grid starts at 0)."""
     fig = _figure(6, 4)
     ax = fig.add_subplot(1, 1, 1)
@@ -28,7 +29,7 @@ def plot_adaptation(mel: dict[str, dict], path: Path, title: str, ylabel: str = 
         steps = sorted(int(k) for k in row)
         ax.plot(steps, [row[k] if k in row else row[str(k)] for k in steps], marker="o", label=method)
     ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("adaptation steps (5 clips)")
+    ax.set_xlabel(f"adaptation steps ({shots} clips)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -73,12 +74,18 @@ def plot_support(adapt: dict, path: Path) -> Path:
                     label=method if speaker == next(iter(adapt["speakers"])) else None)
     ax.set_xlabel("adaptation step")
     ax.set_ylabel("support loss (FastSpeech 2 total)")
-    ax.set_title("5: `metatts adapt` on each held-out speaker's 5 clips", fontsize=10)
+    ax.set_title(f"5: `metatts adapt` on each held-out speaker's {_clip_count(adapt)} clips", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     return path
+
+
+def _clip_count(adapt: dict) -> int | str:
+    """Clips each held-out speaker was adapted from (the suite's shots), as the adapt stage recorded them."""
+    counts = {len(row["clips"]) for row in adapt.get("speakers", {}).values()}
+    return counts.pop() if len(counts) == 1 else "/".join(str(c) for c in sorted(counts)) or "?"
 
 
 def _number(value, digits: int = 4) -> str:
@@ -124,7 +131,8 @@ def write_report(demo, folder: Path) -> Path:
     mel = {m: {int(k): v for k, v in row.items()} for m, row in evaluation["mel_l1"].items()}
 
     plots = {"adaptation": plot_adaptation(mel, folder / "adaptation.png",
-                                           f"held-out speakers, {evaluation['shots']} clips each: query mel L1"),
+                                           f"held-out speakers, {evaluation['shots']} clips each: query mel L1",
+                                           shots=evaluation["shots"]),
              "training": plot_training(train, meta, folder / "training.png"),
              "support": plot_support(adapt, folder / "support.png")}
     harness = dict(evaluation.get("harness") or {})
@@ -132,7 +140,8 @@ def write_report(demo, folder: Path) -> Path:
         harness[metric] = {m: {int(k): v for k, v in row.items()} for m, row in (harness.get(metric) or {}).items()}
     if harness.get("similarity"):
         plots["similarity"] = plot_adaptation(harness["similarity"], folder / "similarity.png",
-                                              "speaker similarity (Resemblyzer cosine)", "similarity")
+                                              "speaker similarity (Resemblyzer cosine)", "similarity",
+                                              shots=evaluation["shots"])
     first = next(iter(synth["speakers"]))
     mel_files = [folder / "audio" / first / f"{m}-1.mel.pt" for m in ("meta", "baseline")]
     if all(p.is_file() for p in mel_files):
@@ -205,8 +214,9 @@ def write_report(demo, folder: Path) -> Path:
     lines += ["![adaptation](adaptation.png)", ""]
 
     # --- voices and audio
-    lines += ["## New voices from 5 clips", "",
-              f"`metatts adapt` on {len(adapt['speakers'])} held-out speakers (5 clips each, the first episode's "
+    lines += [f"## New voices from {_clip_count(adapt)} clips", "",
+              f"`metatts adapt` on {len(adapt['speakers'])} held-out speakers ({_clip_count(adapt)} clips each, the "
+              f"first episode's "
               f"support of the suite; {adapt['steps']} steps), with both models. Voice packs hold only the per-speaker "
               f"tensors:", ""]
     rows = []

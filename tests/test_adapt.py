@@ -217,13 +217,13 @@ def test_length_buckets_give_the_loss_of_one_padded_batch(tts, voice):
 
 
 def test_learned_inner_rates_of_a_meta_checkpoint_are_used(tts, checkpoint, voice, tmp_path):
-    from metatts.meta.outer_loop import save_meta_checkpoint
+    from metatts.checkpoints import save_model_checkpoint
 
     fast = select_parameters(tts.model, sorted(SLOT))
     meta = read_meta(checkpoint)
     meta.kind = "meta"
     rates = InnerLR(fast, init=0.05)
-    meta_checkpoint = save_meta_checkpoint(tmp_path / "meta", tts.model, rates, meta)
+    meta_checkpoint = save_model_checkpoint(tmp_path / "meta", tts.model, meta, inner_lr=rates)
     learned = adapt_voice(tts.model, meta_checkpoint, voice.clips, steps=3)
     given = adapt_voice(tts.model, meta_checkpoint, voice.clips, steps=3, lr=0.05)
     assert learned.info["lr"].startswith("learned per-parameter (mean 0.05")

@@ -17,8 +17,10 @@ from metatts.cli import main
 from metatts.config import config_from_dict
 from metatts.corpus.splits import SpeakerSplits
 from metatts.episodes.tasks import frozen_episodes, load_task_suite
-from metatts.evaluation.harness import (METHODS, EvaluationError, check_checkpoints, fit_ridge, ridge_loo_error,
-                                        run_evaluation, training_compute)
+from metatts.evaluation.compute import training_compute
+from metatts.evaluation.dvector import fit_ridge, ridge_loo_error
+from metatts.evaluation.harness import METHODS, EvaluationError, check_checkpoints, run_evaluation
+from metatts.evaluation.results import EvaluationResult
 from metatts.features.prepare import prepare
 from metatts.features.store import FeatureStore
 from metatts.meta.outer_loop import meta_train
@@ -58,7 +60,7 @@ def tiny_runs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def evaluation(tiny_runs) -> tuple[dict, Path]:
+def evaluation(tiny_runs) -> tuple[EvaluationResult, Path]:
     pytest.importorskip("resemblyzer", reason="speaker similarity and EER need Resemblyzer (the eval extra)")
     out = tiny_runs["root"] / "eval"
     results = run_evaluation(tiny_runs["meta"], tiny_runs["base"], tiny_runs["suite"], out, steps=STEPS,
@@ -68,19 +70,19 @@ def evaluation(tiny_runs) -> tuple[dict, Path]:
 
 def test_every_method_gives_finite_numbers_at_every_step(evaluation):
     results, _ = evaluation
-    assert results["methods"] == list(METHODS)
+    assert results.methods == list(METHODS)
     for metric in ("similarity", "eer", "mcd", "mel_l1"):
         for method in METHODS:
-            values = results[metric][method]
-            assert list(values) == [str(k) for k in STEPS], (metric, method)
+            values = results.mean(metric, method)
+            assert list(values) == list(STEPS), (metric, method)  # integer step keys
             assert all(v is not None and math.isfinite(v) for v in values.values()), (metric, method, values)
     for method in METHODS:
-        assert all(0.0 <= v <= 1.0 for v in results["eer"][method].values())
-        assert all(-1.0 <= v <= 1.0 for v in results["similarity"][method].values())
+        assert all(0.0 <= v <= 1.0 for v in results.mean("eer", method).values())
+        assert all(-1.0 <= v <= 1.0 for v in results.mean("similarity", method).values())
     # Flat methods repeat one evaluation; the gradient methods are scored at each step.
     for method in ("none", "dvector"):
-        assert len(set(results["mel_l1"][method].values())) == 1
-    assert len(set(results["mel_l1"]["meta"].values())) == len(STEPS)
+        assert len(set(results.mean("mel_l1", method).values())) == 1
+    assert len(set(results.mean("mel_l1", "meta").values())) == len(STEPS)
 
 
 def test_methods_share_the_suites_frozen_episodes(evaluation, tiny_runs):
@@ -88,27 +90,28 @@ def test_methods_share_the_suites_frozen_episodes(evaluation, tiny_runs):
     suite = load_task_suite(tiny_runs["suite"])
     store = FeatureStore(tiny_runs["store"])
     expected = frozen_episodes(suite, store, SpeakerSplits.load(tiny_runs["store"] / "splits.json"))
-    assert [(e["speaker"], e["support"], e["query"]) for e in results["episodes"]] == \
+    assert [(e.speaker, list(e.support), list(e.query)) for e in results.episodes] == \
         [(e.speaker, list(e.support), list(e.query)) for e in expected]
-    assert len({e["speaker"] for e in results["episodes"]}) == 2
+    assert len({e.speaker for e in results.episodes}) == 2
     # The baseline, full fine-tuning and no adaptation start from the same model: on the same episodes their
     # step-0 numbers are identical, episode by episode.
     for metric in ("mel_l1", "similarity", "mcd"):
-        rows = {m: [row[0] for row in results["per_episode"][metric][m]] for m in ("baseline", "full", "none")}
+        rows = {m: [row[0] for row in results.tables[m][metric].per_episode] for m in ("baseline", "full", "none")}
         assert rows["baseline"] == rows["full"] == rows["none"], metric
 
 
 def test_adaptation_lowers_the_query_loss(evaluation):
     results, _ = evaluation
     for method in ("baseline", "full", "meta"):
-        first, last = results["mel_l1"][method][str(STEPS[0])], results["mel_l1"][method][str(STEPS[-1])]
+        first, last = results.mean("mel_l1", method)[STEPS[0]], results.mean("mel_l1", method)[STEPS[-1]]
         assert last < first, (method, first, last)
 
 
 def test_outputs_exist(evaluation):
     results, out = evaluation
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["similarity"] == results["similarity"]
+    assert on_disk["similarity"] == results.to_json()["similarity"]
+    assert list(on_disk["similarity"]["meta"]) == [str(k) for k in STEPS]  # JSON keys are strings, at the edge only
     for key in ("similarity", "eer", "mcd", "f0_rmse", "mel_l1", "spread", "compute", "episodes", "suite",
                 "checkpoints", "vocoder", "machine"):
         assert key in on_disk, key
@@ -117,7 +120,7 @@ def test_outputs_exist(evaluation):
     for png in ("similarity.png", "eer.png"):
         assert (out / png).stat().st_size > 5000
     assert list((out / "tb").glob("events.out.tfevents.*"))
-    speakers = {e["speaker"] for e in results["episodes"]}
+    speakers = {e.speaker for e in results.episodes}
     for method in ("meta", "baseline", "full"):
         for k in STEPS:
             assert {p.stem for p in (out / "samples" / method / f"step{k}").glob("*.wav")} == \
@@ -130,12 +133,12 @@ def test_compute_is_recorded_and_the_meta_run_includes_its_initialization(evalua
     results, _ = evaluation
     base = training_compute(tiny_runs["base"])
     assert base["updates"] == 40 and base["seconds"] > 0 and base["source"] == "checkpoint metadata"
-    meta = results["compute"]["meta"]
+    meta = results.compute["meta"]
     assert meta["updates"] == 43 and meta["init_from"]["compute"]["updates"] == 40
     assert meta["seconds"] > base["seconds"]
-    assert results["compute"]["baseline"]["adapt_updates"] == STEPS[-1]
-    assert results["compute"]["none"]["adapt_updates"] == 0
-    assert all(results["compute"][m]["adapt_seconds"] > 0 for m in ("meta", "baseline", "full", "dvector"))
+    assert results.compute["baseline"]["adapt_updates"] == STEPS[-1]
+    assert results.compute["none"]["adapt_updates"] == 0
+    assert all(results.compute[m]["adapt_seconds"] > 0 for m in ("meta", "baseline", "full", "dvector"))
 
 
 def test_ridge_recovers_a_known_linear_map():

@@ -24,13 +24,16 @@ from metatts.cli import main
 from metatts.config import config_from_dict
 from metatts.episodes.sampler import EpisodeSampler
 from metatts.features.prepare import prepare
-from metatts.meta import outer_loop
-from metatts.meta.outer_loop import (MetaTrainingError, NotEnoughSpeakersError, adaptation_curve, episode_batches,
-                                     load_inner_lr, meta_train, task_loss)
+from metatts.checkpoints import build_model, load_inner_lr
+from metatts.episodes.collate import aligned_batch
+from metatts.evaluation.curves import adaptation_curve
+from metatts.meta import step as meta_step_module
+from metatts.meta.outer_loop import MetaTrainingError, NotEnoughSpeakersError, meta_train
+from metatts.meta.step import task_loss
 from metatts.model.acoustic import select_parameters
 from metatts.model.losses import FastSpeech2Loss
 from metatts.runtime.env import seed_everything
-from metatts.train.common import RunData, build_model
+from metatts.train.common import RunData
 from metatts.train.supervised import train
 from tiny import TEXTS, TINY_MODEL, synthesize_corpus
 
@@ -152,7 +155,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_parameters(store, tmp_pat
 class _PoisonAligner:
     """Stand-in for the aligner's forward-sum loss in the outer objective: NaN on the chosen calls (one per task)."""
 
-    real = staticmethod(outer_loop.forward_sum_loss)
+    real = staticmethod(meta_step_module.forward_sum_loss)
 
     def __init__(self, bad_calls):
         self.calls, self.bad_calls = 0, bad_calls
@@ -165,7 +168,7 @@ class _PoisonAligner:
 
 def test_a_nan_step_is_skipped_counted_and_logged(store, tmp_path, monkeypatch):
     # Meta-step 2's first task (call 3; two tasks per step) is poisoned.
-    monkeypatch.setattr(outer_loop, "forward_sum_loss", _PoisonAligner(lambda call: call == 3))
+    monkeypatch.setattr(meta_step_module, "forward_sum_loss", _PoisonAligner(lambda call: call == 3))
     messages = []
     result = meta_train(_config(store, 4), tmp_path / "run", progress=False, log=messages.append)
     assert result.step == 4 and result.skipped_steps == 1
@@ -180,7 +183,7 @@ def test_a_nan_step_is_skipped_counted_and_logged(store, tmp_path, monkeypatch):
 def test_consecutive_nan_steps_stop_training_and_keep_the_last_good_checkpoint(store, tmp_path, monkeypatch):
     meta_train(_config(store, 3), tmp_path / "good", **QUIET)
     # Steps 1-3 are good (checkpoint at 3); every loss after that is NaN.
-    monkeypatch.setattr(outer_loop, "forward_sum_loss", _PoisonAligner(lambda call: call > 6))
+    monkeypatch.setattr(meta_step_module, "forward_sum_loss", _PoisonAligner(lambda call: call > 6))
     with pytest.raises(MetaTrainingError, match="3 consecutive meta-steps.*last good checkpoint"):
         meta_train(_config(store, 20, "meta.max_bad_steps=3"), tmp_path / "run", **QUIET)
     assert json.loads((tmp_path / "run/checkpoint/meta.json").read_text())["step"] == 3
@@ -204,7 +207,8 @@ def test_first_order_changes_the_meta_gradient(store):
     model = build_model(config, len(data.symbols), len(data.speakers)).eval()
     by_speaker = {s: [e.id for e in entries] for s, entries in data.store.speakers().items() if s in data.speakers}
     episode = EpisodeSampler(by_speaker, 2, 2, seed=0).meta_batch(0, 1)[0]
-    support, query = episode_batches(model, data.collator, episode, torch.device("cpu"))
+    support, query = (aligned_batch(model, data.collator, ids, torch.device("cpu"))
+                      for ids in (episode.support, episode.query))
     groups = config.model.speaker_groups
     grads = {}
     for first_order in (False, True):
@@ -268,7 +272,8 @@ def test_adaptation_curve_reports_each_grid_step_and_restores_the_model(store):
     assert model.training and all(torch.equal(before[n], p) for n, p in model.named_parameters())
     # Step 0 is the unadapted model's query loss; SGD on the support moves it.
     model.eval()
-    support, query = episode_batches(model, data.collator, episodes[0], torch.device("cpu"))
+    support, query = (aligned_batch(model, data.collator, ids, torch.device("cpu"))
+                      for ids in (episodes[0].support, episodes[0].query))
     with torch.no_grad():
         direct = FastSpeech2Loss()(model(query), query).mel.item()
     assert curve.mel[0][0] == pytest.approx(direct, rel=1e-6)

@@ -6,6 +6,7 @@ The checkpoints here are untrained tiny models saved directly (no corpus needed)
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,10 @@ from safetensors.torch import save_file
 from metatts.adapt.fast import Voice
 from metatts.adapt.voicepack import VoicePack, VoicePackError, load_voice_pack, save_voice_pack
 from metatts.api import TTS, SynthesisError, load
+from metatts.checkpoints import build_model
 from metatts.config import config_from_dict, config_to_dict
 from metatts.runtime.checkpoint import CheckpointMeta, save_checkpoint, weights_digest
 from metatts.text.symbols import SymbolTable
-from metatts.train.common import build_model
 from tiny import TINY_MODEL
 
 SLOT = ("speaker.slot_embedding", "speaker.slot_norms")
@@ -133,3 +134,36 @@ def test_voices_need_a_model_loaded_from_its_checkpoint(tts, checkpoints, tmp_pa
     shutil.copy(checkpoints[1] / "model.safetensors", copy / "model.safetensors")
     with pytest.raises(VoicePackError, match="rewritten since this model was loaded"):
         loaded.synthesize("Hello.", voice=path)
+
+
+def test_threads_synthesizing_different_voices_get_the_single_threaded_result_and_leave_the_model(tts):
+    # One TTS shared by threads, each synthesizing several voices (packs and the un-adapted slot) in turn: with the
+    # voice's tensors swapped into the shared model, one thread would synthesize with another's voice.
+    voices = [_pack(tts, shift) for shift in (0.3, 0.6, 0.9)] + [None]
+    text = "The cat sat on the mat. We like green apples."
+    before = {n: p.detach().clone() for n, p in tts.model.named_parameters()}
+    expected = [tts.mels(text, voice=v)[1] for v in voices]
+    assert not torch.equal(expected[0][0], expected[1][0])  # the voices differ, so a mix-up would show
+    results: dict[tuple[int, int, int], list[torch.Tensor]] = {}
+    errors = []
+
+    def work(thread: int) -> None:
+        try:
+            for round_ in range(3):
+                for index in (list(range(len(voices))) if thread % 2 else reversed(range(len(voices)))):
+                    results[thread, round_, index] = tts.mels(text, voice=voices[index])[1]
+        except Exception as error:  # noqa: BLE001 - reported below with the thread's number
+            errors.append((thread, error))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 6 * 3 * len(voices)
+    for (_, _, index), mels in results.items():
+        assert len(mels) == len(expected[index])
+        for got, want in zip(mels, expected[index]):
+            assert torch.equal(got, want)
+    assert all(torch.equal(before[n], p) for n, p in tts.model.named_parameters())

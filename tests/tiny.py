@@ -7,11 +7,10 @@ from pathlib import Path
 import soundfile as sf
 
 from metatts.corpus.demo import espeak_synthesize
+from metatts.demo import SMOKE_MODEL
 
-# A model small enough to train a few steps in about a second on one CPU thread.
-TINY_MODEL = ["model.preset=custom", "model.hidden=32", "model.heads=2", "model.encoder_layers=1",
-              "model.decoder_layers=1", "model.conv_filter=64", "model.predictor_filter=32", "model.speaker_dim=16",
-              "model.pitch_bins=16", "model.energy_bins=16", "model.max_speakers=8"]
+# A model small enough to train a few steps in about a second on one CPU thread: the demo's smoke model.
+TINY_MODEL = list(SMOKE_MODEL)
 
 TEXTS = ["The cat sat on the mat.", "A quick brown fox jumps.", "We like green apples.", "Rain falls on the hill.",
          "Ships sail at dawn."]

@@ -29,15 +29,17 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metatts.adapt.adapters import OPTIMIZERS, make_adapter
 from metatts.adapt.clips import ClipSet
 from metatts.adapt.voicepack import VoicePack, check_fits, load_voice_pack, save_voice_pack
-from metatts.meta.inner_loop import LossFn, adapt, fine_tune
+from metatts.checkpoints import load_inner_lr
+from metatts.config import config_from_dict
+from metatts.meta.inner_loop import LossFn
 from metatts.model.acoustic import select_parameters
 from metatts.model.batch import Batch
 from metatts.model.losses import FastSpeech2Loss
 from metatts.runtime.checkpoint import read_meta, weights_digest
 
-OPTIMIZERS = ("sgd", "adam")
 ADAM_LR = 1e-2  # Adam's default per-element step when no lr is given (the SGD inner rates do not apply to Adam)
 
 
@@ -107,8 +109,6 @@ def resolve_lr(checkpoint: str | os.PathLike, fast: Mapping[str, Tensor], lr: fl
         return float(lr), f"given {lr:g}"
     if optimizer == "adam":
         return ADAM_LR, f"adam default {ADAM_LR:g}"
-    from metatts.meta.outer_loop import load_inner_lr  # heavy module; only adaptation needs it
-
     learned = load_inner_lr(checkpoint)
     if not isinstance(learned, Mapping):
         return float(learned), f"config meta.inner_lr {float(learned):g}"
@@ -152,15 +152,12 @@ def support_loss_fn(model: nn.Module, frozen: Mapping[str, Tensor], batches: Seq
         raise ValueError("support batches need durations (model.alignment(batch).durations)")
     frames = [float(b.mel_lengths.sum()) for b in batches]
     phonemes = [float(b.phoneme_lengths.sum()) for b in batches]
-    w = loss.weights
 
     def loss_fn(fast: dict[str, Tensor]) -> Tensor:
         total = None
         for batch, f, p in zip(batches, frames, phonemes):
             terms = loss(functional_call(model, {**frozen, **fast}, (batch,)), batch)
-            frame_terms = w.mel * terms.mel + w.postnet_mel * terms.postnet_mel + w.pitch * terms.pitch \
-                + w.energy * terms.energy
-            part = frame_terms * (f / sum(frames)) + w.duration * terms.duration * (p / sum(phonemes))
+            part = loss.frame_total(terms) * (f / sum(frames)) + loss.phoneme_total(terms) * (p / sum(phonemes))
             total = part if total is None else total + part
         return total
 
@@ -205,17 +202,15 @@ def adapt_voice(model: nn.Module, checkpoint: str | os.PathLike, clips: ClipSet,
                 batch = clips.batch(bucket).to(device)
                 batches.append(batch.with_durations(model.alignment(batch).durations))  # MAS once, not per step
             loss_fn = support_loss_fn(model, frozen, batches, loss)
-            if optimizer == "sgd":
-                result = adapt(loss_fn, fast0, steps, rates, l2_anchor=l2_anchor, differentiable=False)
-            else:
-                result = fine_tune(loss_fn, fast0, steps, float(rates), optimizer="adam", l2_anchor=l2_anchor)
-            adapted = {n: t.detach().cpu().clone().contiguous() for n, t in result.fast.items()}
+            adapter = make_adapter(optimizer, loss_fn, fast0, rates, l2_anchor=l2_anchor)
+            adapter.advance(steps)
+            adapted = {n: t.detach().cpu().clone().contiguous() for n, t in adapter.params().items()}
             seconds = time.perf_counter() - start
             with torch.no_grad():  # L(φ_k), outside the timing: reported, not needed by the adaptation
-                final = loss_fn({n: t.detach() for n, t in result.fast.items()})
+                final = loss_fn(adapter.params())
     finally:
         model.train(was_training)
-    losses = [float(x) for x in torch.stack([*result.losses, final.detach()]).tolist()]
+    losses = [float(x) for x in torch.stack([*adapter.losses, final.detach()]).tolist()]
     if not all(math.isfinite(x) for x in losses) or not all(bool(torch.isfinite(t).all()) for t in adapted.values()):
         raise ValueError(f"adaptation diverged (support loss {losses}): lower --lr or the number of steps")
     info = {

@@ -122,7 +122,7 @@ class DataConfig:
 # Values a model preset sets unless the recipe sets them itself. ``paper`` follows Meta-TTS's FastSpeech2
 # (encoder 4 layers, decoder 6, width 256, 2 heads, conv filter 1024) and is meant for GPUs.
 MODEL_PRESETS: dict[str, dict] = {
-    "tiny": {},
+    "tiny": {},  # the ModelConfig defaults (learns on a CPU in minutes)
     "paper": {"hidden": 256, "encoder_layers": 4, "decoder_layers": 6, "heads": 2, "conv_filter": 1024,
               "conv_kernel": 9, "predictor_filter": 256, "pitch_bins": 256, "energy_bins": 256,
               "speaker_dim": 256, "dropout": 0.2, "postnet": True},
@@ -173,6 +173,21 @@ class ModelConfig:
         _require(0 <= self.adapter_rank <= 64, f"{path}.adapter_rank", f"must be in 0..64, got {self.adapter_rank}")
         _require("adapters" not in self.speaker_groups or self.adapter_rank > 0, f"{path}.speaker_groups",
                  "the adapters group needs model.adapter_rank > 0")
+
+
+# The size fields a preset decides (``preset_values``); the rest of ModelConfig is the recipe's.
+PRESET_FIELDS = ("hidden", "encoder_layers", "decoder_layers", "heads", "conv_filter", "conv_kernel", "predictor_filter",
+                 "predictor_kernel", "pitch_bins", "energy_bins", "speaker_dim", "dropout", "postnet")
+
+
+def preset_values(name: str) -> dict:
+    """``ModelConfig`` size values of a preset (``tiny`` or ``paper``); ``custom`` has none."""
+    if name == "custom":
+        return {}
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose {', '.join(p for p in MODEL_PRESETS)}")
+    defaults = ModelConfig()
+    return {k: MODEL_PRESETS[name].get(k, getattr(defaults, k)) for k in PRESET_FIELDS}
 
 
 @dataclass

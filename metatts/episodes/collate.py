@@ -110,3 +110,11 @@ class Collator:
             speakers=torch.tensor(speakers, dtype=torch.long),
             durations=self.durations(ids),
         )
+
+
+def aligned_batch(model: torch.nn.Module, collator: Collator, ids: list[str] | tuple[str, ...],
+                  device: torch.device) -> Batch:
+    """Utterances on the new-speaker slot with the model's aligner durations attached: computed once here, without
+    a graph, so neither MAS nor the aligner runs inside an inner loop (meta-training, evaluation)."""
+    batch = collator(list(ids), new_speaker=True).to(device)
+    return batch.with_durations(model.alignment(batch).durations)

@@ -88,11 +88,14 @@ def _grads(loss: Tensor, params: list[Tensor], create_graph: bool) -> list[Tenso
 
 
 def adapt(loss_fn: LossFn, fast: Mapping[str, Tensor], steps: int, lr: float | Mapping[str, Tensor], *,
-          first_order: bool = False, l2_anchor: float = 0.0, differentiable: bool = True) -> InnerResult:
+          first_order: bool = False, l2_anchor: float = 0.0, differentiable: bool = True,
+          anchor: Mapping[str, Tensor] | None = None) -> InnerResult:
     """``steps`` SGD steps on ``loss_fn`` from ``fast``; see the module docstring for the three modes.
 
     ``lr`` is one float or, per fast weight, a tensor broadcastable to it (a scalar per tensor or one value per
     element -- :class:`metatts.meta.inner_lr.InnerLR` builds these). The input tensors are never modified.
+    ``anchor`` is the φ_0 the L2 term pulls toward (default: ``fast``); a caller that adapts in pieces passes the
+    first piece's start (no graph only: a second-order anchor must be the attached initialization).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -106,7 +109,9 @@ def adapt(loss_fn: LossFn, fast: Mapping[str, Tensor], steps: int, lr: float | M
     else:
         # autograd.grad needs the inputs on the tape; a fast weight handed in without requires_grad becomes a leaf.
         phi = {n: t if t.requires_grad else t.detach().requires_grad_() for n, t in fast.items()}
-    anchor = dict(phi)
+    if anchor is not None and differentiable:
+        raise ValueError("a separate anchor is for no-graph adaptation (differentiable=False)")
+    anchor = dict(phi) if anchor is None else {n: anchor[n].detach() for n in names}
     second_order = differentiable and not first_order
     losses: list[Tensor] = []
     for _ in range(steps):
@@ -129,34 +134,56 @@ def adapt(loss_fn: LossFn, fast: Mapping[str, Tensor], steps: int, lr: float | M
     return InnerResult(fast=phi, losses=losses)
 
 
-def fine_tune(loss_fn: LossFn, fast: Mapping[str, Tensor], steps: int, lr: float, *, optimizer: str = "adam",
-              l2_anchor: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> InnerResult:
-    """Test-time adaptation with a stateful optimizer (no outer loop, no graph kept).
+class FineTuner:
+    """A stateful optimizer on the fast weights (no outer loop, no graph kept) whose ``run(k)`` calls add up: its
+    moments are kept between calls, so k steps in pieces are k steps. :func:`fine_tune` is one ``run``.
 
     ``optimizer="adam"`` is for adapting far past the meta-trained step count (its per-element step size copes
     with gradients of very different scales across φ); ``"sgd"`` equals ``adapt(..., differentiable=False)``.
     Note that Adam's step size is ~``lr`` per element regardless of the gradient's scale, so the meta-learned
     inner SGD learning rates do not transfer; pick ``lr`` for Adam separately.
     """
-    if optimizer not in ("adam", "sgd"):
-        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+
+    def __init__(self, loss_fn: LossFn, fast: Mapping[str, Tensor], lr: float, *, optimizer: str = "adam",
+                 l2_anchor: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        if optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        self.loss_fn, self.l2_anchor = loss_fn, l2_anchor
+        self.anchor = {n: t.detach().clone() for n, t in fast.items()}
+        self.phi = {n: t.detach().clone().requires_grad_() for n, t in fast.items()}
+        params = list(self.phi.values())
+        if optimizer == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=lr)
+
+    def run(self, steps: int) -> list[Tensor]:
+        """``steps`` more optimizer steps; returns the loss before each."""
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        params = list(self.phi.values())
+        losses: list[Tensor] = []
+        for _ in range(steps):
+            with torch.enable_grad():
+                loss = self.loss_fn(self.phi)
+                grads = _grads(loss, params, create_graph=False)
+            losses.append(loss.detach())
+            with torch.no_grad():
+                for n, p, g in zip(self.phi, params, grads):
+                    p.grad = g + 2.0 * self.l2_anchor * (p - self.anchor[n]) if self.l2_anchor else g
+            self.optimizer.step()
+        return losses
+
+    @property
+    def fast(self) -> dict[str, Tensor]:
+        return {n: t.detach() for n, t in self.phi.items()}
+
+
+def fine_tune(loss_fn: LossFn, fast: Mapping[str, Tensor], steps: int, lr: float, *, optimizer: str = "adam",
+              l2_anchor: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> InnerResult:
+    """Test-time adaptation with a stateful optimizer: ``steps`` steps of a fresh :class:`FineTuner`."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    anchor = {n: t.detach().clone() for n, t in fast.items()}
-    phi = {n: t.detach().clone().requires_grad_() for n, t in fast.items()}
-    params = list(phi.values())
-    if optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
-    else:
-        opt = torch.optim.SGD(params, lr=lr)
-    losses: list[Tensor] = []
-    for _ in range(steps):
-        with torch.enable_grad():
-            loss = loss_fn(phi)
-            grads = _grads(loss, params, create_graph=False)
-        losses.append(loss.detach())
-        with torch.no_grad():
-            for n, p, g in zip(phi, params, grads):
-                p.grad = g + 2.0 * l2_anchor * (p - anchor[n]) if l2_anchor else g
-        opt.step()
-    return InnerResult(fast={n: t.detach() for n, t in phi.items()}, losses=losses)
+    tuner = FineTuner(loss_fn, fast, lr, optimizer=optimizer, l2_anchor=l2_anchor, betas=betas, eps=eps)
+    losses = tuner.run(steps)
+    return InnerResult(fast=tuner.fast, losses=losses)

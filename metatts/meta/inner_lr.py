@@ -12,6 +12,10 @@ Parameterization. By default the module stores log α and hands out α = exp(log
   similar *factor*, whatever its magnitude. Raw α would move a 1e-3 and a 1e-1 rate by the same absolute amount.
 
 ``parameterization="identity"`` keeps raw α (the paper's form; also what the tests compare against ``higher``).
+
+File format (``metatts.checkpoints`` stores it beside the weights): the state dict as safetensors plus
+``file_info()`` in the checkpoint metadata; ``rates_from_file`` turns the two back into α tensors without building
+the module. Both live here so the format has one owner.
 """
 
 from __future__ import annotations
@@ -70,3 +74,17 @@ class InnerLR(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{len(self.names)} tensors, mode={self.mode}, parameterization={self.parameterization}"
+
+    # ------------------------------------------------------------------------------------------ file format
+    def file_info(self) -> dict:
+        """What the checkpoint metadata records beside the tensors of ``state_dict()``."""
+        return {"mode": self.mode, "parameterization": self.parameterization, "names": list(self.names)}
+
+    @staticmethod
+    def rates_from_file(tensors: Mapping[str, Tensor], info: Mapping) -> dict[str, Tensor]:
+        """{fast-weight name: α} from a saved ``state_dict()`` and its ``file_info()``."""
+        rates = {}
+        for name in info["names"]:
+            raw = tensors[f"raw.{_key(name)}"]
+            rates[name] = raw.exp() if info["parameterization"] == "log" else raw
+        return rates

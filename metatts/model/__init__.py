@@ -1,12 +1,12 @@
 """The speaker-conditioned FastSpeech 2 acoustic model: batches, layers, speaker conditioning (the φ group),
 the model with its built-in aligner, and losses."""
 
+from metatts.config.schema import preset_values  # the presets are config; one definition there
 from metatts.model.acoustic import (
     GROUPS,
     SPEAKER_GROUPS,
     AcousticModel,
     VarianceAdaptor,
-    preset_values,
     select_parameters,
 )
 from metatts.model.batch import NEW_SPEAKER, Batch, ModelOutput, Synthesis, lengths_to_mask

@@ -25,10 +25,12 @@ slot tensors (see ``metatts.model.speaker``), so MAML's fast weights are ``selec
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from metatts.align.aligner import Aligner, AlignerConfig, AlignmentOutput
 from metatts.config.schema import ModelConfig
@@ -55,29 +57,6 @@ _GROUP_PREFIXES = (
 ADAPTER_MARK = "_adapter.lora_"
 GROUPS = tuple(dict.fromkeys(group for _, group in _GROUP_PREFIXES)) + ("adapters",)
 SPEAKER_GROUPS = ("speaker_embedding", "speaker_norms")  # the per-speaker (fast) groups: the slot tensors
-
-_PRESETS = {
-    # Learns on a CPU in minutes; the ModelConfig defaults. FastSpeech's (1) feed-forward kernel 3 and a 256-wide
-    # filter instead of FastSpeech 2's 9 and 1024: the decoder's convolutions dominate CPU time (a 5-clip inner step
-    # measured 1.6x faster than with kernel 9 / filter 512, 1.8 M parameters fewer).
-    "tiny": dict(hidden=128, encoder_layers=2, decoder_layers=2, heads=2, conv_filter=256, conv_kernel=3,
-                 predictor_filter=128, predictor_kernel=3, pitch_bins=128, energy_bins=128, speaker_dim=64,
-                 dropout=0.1, postnet=False),
-    # Meta-TTS / FastSpeech 2 (ming024) sizes.
-    "paper": dict(hidden=256, encoder_layers=4, decoder_layers=6, heads=2, conv_filter=1024, conv_kernel=9,
-                  predictor_filter=256, predictor_kernel=3, pitch_bins=256, energy_bins=256, speaker_dim=256,
-                  dropout=0.2, postnet=True),
-}
-
-
-def preset_values(name: str) -> dict:
-    """``ModelConfig`` field values of a preset (``tiny`` or ``paper``); ``custom`` has none."""
-    if name == "custom":
-        return {}
-    if name not in _PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose {', '.join(_PRESETS)} or custom")
-    return dict(_PRESETS[name])
-
 
 @dataclass
 class VarianceOutput:
@@ -297,3 +276,27 @@ def select_parameters(model: nn.Module, patterns: list[str] | tuple[str, ...]) -
                                  f"matching a parameter name")
         chosen |= names
     return {name: p for name, p in params.items() if name in chosen}
+
+
+class _Infer(nn.Module):
+    """``forward`` = ``model.infer``, so ``torch.func.functional_call`` can run inference with other tensors."""
+
+    def __init__(self, model: AcousticModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, **kwargs) -> Synthesis:
+        return self.model.infer(*args, **kwargs)
+
+
+def infer_with(model: AcousticModel, params: Mapping[str, Tensor] | None, phonemes: Tensor, phoneme_lengths: Tensor,
+               speakers: Tensor, **kwargs) -> Synthesis:
+    """``model.infer`` with ``params`` (name -> tensor, e.g. an adapted slot) in place of the model's own tensors,
+    through ``torch.func.functional_call``: the model's parameters are never written. functional_call re-points the
+    module's attributes for the duration of the call, so threads sharing one model serialize their calls
+    (``metatts.api.TTS`` holds a lock around it)."""
+    if not params:
+        return model.infer(phonemes, phoneme_lengths, speakers, **kwargs)
+    named = dict(model.named_parameters())
+    moved = {f"model.{n}": t.to(named[n].device, named[n].dtype) for n, t in params.items()}
+    return functional_call(_Infer(model), moved, (phonemes, phoneme_lengths, speakers), kwargs)

@@ -82,7 +82,19 @@ class FastSpeech2Loss:
             binarization = bin_loss(output.alignment) if w.bin > 0 else zero
         else:
             forward_sum = binarization = zero
-        total = (w.mel * mel + w.postnet_mel * postnet + w.duration * duration + w.pitch * pitch
-                 + w.energy * energy + w.forward_sum * forward_sum + w.bin * binarization)
-        return LossTerms(total=total, mel=mel, postnet_mel=postnet, duration=duration, pitch=pitch, energy=energy,
-                         forward_sum=forward_sum, bin=binarization)
+        terms = LossTerms(total=zero, mel=mel, postnet_mel=postnet, duration=duration, pitch=pitch, energy=energy,
+                          forward_sum=forward_sum, bin=binarization)
+        terms.total = self.frame_total(terms) + self.phoneme_total(terms) + w.forward_sum * forward_sum \
+            + w.bin * binarization
+        return terms
+
+    # The total is split by what each term averages over, so a loss computed over several batches (the support
+    # clips in length buckets, ``metatts.adapt.fast``) can weight each part by its share of frames or phonemes.
+    def frame_total(self, terms: LossTerms) -> Tensor:
+        """The weighted terms that are means over frames: mel, postnet mel, pitch, energy."""
+        w = self.weights
+        return w.mel * terms.mel + w.postnet_mel * terms.postnet_mel + w.pitch * terms.pitch + w.energy * terms.energy
+
+    def phoneme_total(self, terms: LossTerms) -> Tensor:
+        """The weighted terms that are means over phonemes: duration."""
+        return self.weights.duration * terms.duration

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metatts.checkpoints import build_model  # noqa: F401  (the training commands' model)
 from metatts.config import Config
 from metatts.corpus.splits import SpeakerSplits
 from metatts.episodes.collate import Collator, Normalizer
@@ -60,36 +60,8 @@ class RunData:
             for entry in entries:
                 (val if entry.id in held else train).append(entry)
         rows = {s: i for i, s in enumerate(speakers)}
-        return cls(store, splits, symbols, normalizer, speakers, train, val,
-                   Collator(store, symbols, rows, normalizer))
-
-
-def build_model(config: Config, n_symbols: int, n_speakers: int | None = None) -> AcousticModel:
-    """The acoustic model of a config, with one speaker-table row per training speaker (``n_speakers``; the
-    config's ``max_speakers`` when not given). Pitch/energy targets are z-scored, so their bins span ±4 sd."""
-    model_config = config.model
-    if n_speakers is not None:
-        if n_speakers > model_config.max_speakers:
-            raise ValueError(f"{n_speakers} training speakers but model.max_speakers = {model_config.max_speakers}")
-        model_config = dataclasses.replace(model_config, max_speakers=max(n_speakers, 1))
-    return AcousticModel(model_config, n_symbols=n_symbols, n_mels=config.audio.n_mels,
-                         new_speaker_prob=model_config.new_speaker_prob,
-                         condition_variance_adaptor=model_config.condition_variance_adaptor)
-
-
-def load_for_store(checkpoint: str | Path,
-                   store: FeatureStore) -> tuple[CheckpointMeta, Config, AcousticModel, Collator]:
-    """A checkpoint's model (weights loaded, on the CPU) and a collator reading ``store`` through the checkpoint's
-    symbol table and statistics, not the store's: the model was trained with those."""
-    from metatts.config import config_from_dict
-    from metatts.runtime.checkpoint import load_weights, read_meta
-
-    meta = read_meta(checkpoint)
-    config = config_from_dict(meta.config)
-    symbols = SymbolTable.from_json(meta.symbols)
-    model = build_model(config, len(symbols), len(meta.speakers))
-    load_weights(checkpoint, model)
-    return meta, config, model, Collator(store, symbols, {}, Normalizer.from_dict(meta.stats))
+        return cls(store=store, splits=splits, symbols=symbols, normalizer=normalizer, speakers=speakers, train=train,
+                   val=val, collator=Collator(store, symbols, rows, normalizer))
 
 
 def restore_training_state(checkpoint: str | Path, optimizer, schedule, scaler) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -135,8 +136,6 @@ class Recognizer:
     """
 
     def __init__(self):
-        from pathlib import Path
-
         pocketsphinx = require("pocketsphinx", SCORER)
         model = Path(pocketsphinx.get_model_path())
         files = {"hmm": model / "en-us" / "en-us", "lm": model / "en-us" / "en-us.lm.bin",

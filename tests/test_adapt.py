@@ -300,7 +300,9 @@ def test_cli_adapt_errors_exit_2_with_one_line(checkpoint, vctk_mini, tmp_path, 
         (["--clips", wav, "--transcripts", str(tmp_path / "none.tsv")], "transcripts file .* does not exist"),
         (["--clips", wav, "--transcripts", str(vctk_mini / "txt" / "p225"), "--steps", "-1"], "steps must be >= 0"),
         (["--clips", wav, "--transcripts", str(vctk_mini / "txt" / "p225"), "--groups", "nothing"],
-         "neither a parameter group"),
+         "--groups nothing: a voice pack holds only speaker groups"),
+        (["--clips", wav, "--transcripts", str(vctk_mini / "txt" / "p225"), "--groups", "mel_head"],
+         "--groups mel_head: a voice pack holds only speaker groups"),
         (["--clips", wav], "no transcript"),
     ]
     for extra, message in cases:

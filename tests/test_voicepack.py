@@ -22,6 +22,7 @@ from metatts.train.common import build_model
 from tiny import TINY_MODEL
 
 SLOT = ("speaker.slot_embedding", "speaker.slot_norms")
+GROUPS = ("speaker_embedding", "speaker_norms")
 STATS = {"log_f0_mean": 5.0, "log_f0_std": 0.3, "energy_mean": 20.0, "energy_std": 10.0}
 
 
@@ -54,7 +55,8 @@ def tts(checkpoints) -> TTS:
 def _pack(tts: TTS, shift: float = 0.5) -> VoicePack:
     named = dict(tts.model.named_parameters())
     params = {n: named[n].detach() + shift * torch.randn_like(named[n]) for n in SLOT}
-    return VoicePack(params=params, base_checkpoint=tts.weights_digest, info={"steps": 3, "support_loss": [2.0, 1.5]})
+    return VoicePack(params=params, base_checkpoint=tts.weights_digest, info={"steps": 3, "support_loss": [2.0, 1.5],
+                                                                                "groups": list(GROUPS)})
 
 
 def test_round_trip_keeps_tensors_and_metadata_and_changes_the_voice(tts, checkpoints, tmp_path):
@@ -100,7 +102,8 @@ def test_a_pack_from_another_checkpoint_is_refused(tts, checkpoints, tmp_path):
 ], ids=["shape", "dtype", "nan", "unknown-name", "empty"])
 def test_malformed_packs_are_refused_with_the_reason(tts, checkpoints, tmp_path, damage, message):
     pack = _pack(tts)
-    path = save_voice_pack(tmp_path / "bad.safetensors", VoicePack(damage(pack.params), pack.base_checkpoint))
+    path = save_voice_pack(tmp_path / "bad.safetensors", VoicePack(damage(pack.params), pack.base_checkpoint,
+                                                                   pack.info))
     with pytest.raises(VoicePackError, match=message):
         load_voice_pack(path, checkpoints[0], tts.model)
     with pytest.raises(VoicePackError, match=message):

@@ -866,10 +866,12 @@ def _eer(episodes: Sequence[Episode], embeddings: list[list[np.ndarray]], step_i
 def _write_waves(folder: Path, speaker: str, waves: Sequence[np.ndarray], rate: int) -> list[str]:
     import soundfile as sf
 
+    from metatts.runtime.outputs import safe_name
+
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for n, wave in enumerate(waves):
-        path = folder / f"{speaker}-{n}.wav"
+        path = folder / f"{safe_name(speaker)}-{n}.wav"  # speaker ids are corpus data, never paths
         sf.write(path, np.clip(wave, -1.0, 1.0), rate, subtype="PCM_16")
         paths.append(str(path))
     return paths

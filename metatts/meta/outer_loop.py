@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm import tqdm
@@ -58,7 +57,15 @@ from metatts.meta.inner_lr import InnerLR
 from metatts.model.acoustic import select_parameters
 from metatts.model.batch import Batch
 from metatts.model.losses import FastSpeech2Loss, LossTerms, LossWeights
-from metatts.runtime.checkpoint import CheckpointError, CheckpointMeta, load_weights, read_meta, save_checkpoint
+from metatts.runtime.checkpoint import (
+    CheckpointError,
+    CheckpointMeta,
+    confined_file,
+    load_weights,
+    read_checkpoint_tensors,
+    read_meta,
+    save_checkpoint,
+)
 from metatts.runtime.env import resolve_device, rng_state, seed_everything, set_threads
 from metatts.train.common import (RunData, build_model, checkpoint_meta, compute_record, load_for_store,
                                   restore_training_state, warmup_inverse_sqrt)
@@ -199,10 +206,9 @@ def _inner_lr_tensors(checkpoint: Path, meta: CheckpointMeta) -> dict[str, Tenso
     info = meta.extra.get("inner_lr")
     if not info:
         return None
-    path = checkpoint / info["file"]
-    if not path.is_file():
+    if not confined_file(checkpoint, info["file"]).is_file():
         raise CheckpointError(f"{checkpoint} records learned inner rates but has no {info['file']}")
-    return load_file(str(path))
+    return read_checkpoint_tensors(checkpoint, info["file"])
 
 
 def load_inner_lr(checkpoint: str | Path) -> float | dict[str, Tensor]:
@@ -216,7 +222,9 @@ def load_inner_lr(checkpoint: str | Path) -> float | dict[str, Tensor]:
     info = meta.extra["inner_lr"]
     lr = {}
     for name in info["names"]:
-        raw = tensors[f"raw.{name.replace('.', '__')}"]
+        raw = tensors.get(f"raw.{name.replace('.', '__')}")
+        if raw is None:
+            raise CheckpointError(f"{checkpoint / info['file']} holds no learned rate for {name}")
         lr[name] = raw.exp() if info["parameterization"] == "log" else raw
     return lr
 

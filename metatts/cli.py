@@ -42,14 +42,13 @@ def _claim_run(args: argparse.Namespace, run: Path, kind: str, checkpoint_kind: 
         except CheckpointError:
             return False
 
-    folder = claim_folder(run, kind, adopt=older_run)
-    has_checkpoint = (run / "checkpoint").exists()
-    if args.resume:
-        return  # the training code reads (and checks) the checkpoint
-    if has_checkpoint and not args.overwrite:
+    claim_folder(run, kind, adopt=older_run, write_marker=False)  # checks only: a refusal below changes nothing
+    if not args.resume and (run / "checkpoint").exists() and not args.overwrite:
         raise UserError(f"--out {run} holds a {kind} with a checkpoint: --resume continues it, --overwrite starts it "
                         f"again (replacing its checkpoint and logs), or choose another --out")
-    remove_outputs(folder, RUN_FILES)  # a fresh start: nothing of an earlier (or killed) run is mixed in
+    folder = claim_folder(run, kind, adopt=older_run)
+    if not args.resume:  # the training code reads (and checks) the checkpoint it resumes
+        remove_outputs(folder, RUN_FILES)  # a fresh start: nothing of an earlier (or killed) run is mixed in
 
 
 def _config(args: argparse.Namespace, extra: list[str] | None = None):

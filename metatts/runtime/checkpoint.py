@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -125,7 +126,7 @@ def read_meta(directory: str | Path) -> CheckpointMeta:
     stats = _field(raw, "stats", dict, path, "an object of normalization statistics")
     for key in STATS_KEYS:
         value = stats.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise CheckpointError(f"{path}: stats.{key} must be a finite number, got {value!r}")
     speakers = _field(raw, "speakers", list, path, "a list of speaker ids")
     if not all(isinstance(s, str) for s in speakers) or len(set(speakers)) != len(speakers):

@@ -378,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<config name>/train)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--init-from", metavar="CHECKPOINT", help="start from another checkpoint's weights only")
-    p.add_argument("--overwrite", action="store_true", help="start the run in --out again, replacing its checkpoint and logs (default: refuse)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the run in --out again, replacing its checkpoint and logs (default: refuse)")
     p.add_argument("--vocoder", default="griffinlim",
                    help="vocoder for TensorBoard audio: griffinlim (default), hifigan, a path, or none")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -390,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--utterance", action="append", help="utterance id (repeatable); default: the first --first")
     p.add_argument("--first", type=int, default=3, help="how many utterances when none is named (default 3)")
     p.add_argument("--out", required=True, help="folder for <utterance id>.png")
-    p.add_argument("--overwrite", action="store_true", help="replace PNGs that already exist in --out (default: refuse)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace PNGs that already exist in --out (default: refuse)")
     p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("synthesize", help="text to speech with a trained checkpoint")
@@ -401,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="text to speak; long text is split at sentence ends")
     p.add_argument("--text-file", help="UTF-8 file: one wav per non-empty line")
     p.add_argument("--out", required=True, help="output folder for the wavs")
-    p.add_argument("--overwrite", action="store_true", help="replace wavs that already exist in --out (default: refuse)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace wavs that already exist in --out (default: refuse)")
     p.add_argument("--vocoder", default=None, help="hifigan (default; Griffin-Lim if absent), griffinlim, or a path")
     p.add_argument("--alpha", type=float, default=1.0,
                    help="with --voice: (1-alpha)*initial + alpha*adapted speaker tensors (default 1)")
@@ -429,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clips with phonemes unknown to the checkpoint: skip them (default) or read them as <unk>")
     p.add_argument("--seed", type=int, default=0, help="seed (adaptation runs without dropout, so rarely matters)")
     p.add_argument("--out", required=True, help="voice pack file to write (.safetensors)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing voice pack at --out (other files are never replaced)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing voice pack at --out (other files are never replaced)")
     p.add_argument("--force", action="store_true",
                    help="write the pack even when the adaptation diverged (its support loss grew 5x or more)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -440,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<config name>/meta)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--init-from", metavar="CHECKPOINT", help="start from a checkpoint's weights (e.g. metatts train)")
-    p.add_argument("--overwrite", action="store_true", help="start the run in --out again, replacing its checkpoint and logs (default: refuse)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the run in --out again, replacing its checkpoint and logs (default: refuse)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_meta_train)
 
@@ -467,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", help="comma-separated inner-step counts (default: the suite's step_grid)")
     p.add_argument("--inner-lr", type=float, help="SGD inner rate for all checkpoints (default: each one's own)")
     p.add_argument("--json", help="write the curves (per episode) to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file (default: refuse)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --json file (default: refuse)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.set_defaults(func=cmd_tasks)
 
@@ -498,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", help="folder of clips with <clip>.txt transcripts (default: 5 utterances of the "
                                    "evaluation's first held-out speaker)")
     p.add_argument("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
-    p.add_argument("--overwrite", action="store_true", help="replace today's result file if it exists (default: refuse)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace today's result file if it exists (default: refuse)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads for the timings (default 2)")
     p.add_argument("--runs", type=int, default=3, help="timed adaptation runs after a warm-up (default 3)")
     p.set_defaults(func=cmd_bench)

@@ -170,6 +170,8 @@ def read_transcripts(path: str | os.PathLike) -> dict[str, str]:
         table: dict[str, str] = {}
         for suffix in (*LIBRITTS_TEXT, ".txt"):
             for file in sorted(path.glob(f"*{suffix}")):
+                if suffix == ".txt" and file.name.endswith(LIBRITTS_TEXT):
+                    continue  # taken above under its clip's stem
                 if file.is_file() and file.name != suffix:
                     table.setdefault(file.name[:-len(suffix)], _read_text_file(file))
         return table

@@ -400,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     who = p.add_mutually_exclusive_group()
     who.add_argument("--speaker", help="a training speaker id (default: the new-speaker voice)")
     who.add_argument("--voice", help="a voice pack made by `metatts adapt`")
-    p.add_argument("--text", help="text to speak; long text is split at sentence ends")
+    p.add_argument("--text", help="text to speak; long text is split at sentence ends (and overlong sentences at "
+                                  "clauses or words)")
     p.add_argument("--text-file", help="UTF-8 file: one wav per non-empty line")
     p.add_argument("--out", required=True, help="output folder for the wavs")
     p.add_argument("--overwrite", action="store_true",

@@ -95,7 +95,8 @@ class DataConfig:
     features: str = "features"  # folder of the feature store
     workers: int = 2  # processes used by `metatts prepare`
     val_speakers: int = 2  # meta-validation speakers
-    test_speakers: int = 4  # meta-test (held-out) speakers; -1: all eligible speakers not validating (a test-only store)
+    # meta-test (held-out) speakers; -1: every eligible speaker not validating, uncounted (a test-only store)
+    test_speakers: int = 4
     split_seed: int = 0  # seed of the speaker split
     min_utterances_per_speaker: int = 10  # speakers with fewer usable utterances are left out of the splits
     val_utterances: int = 1  # utterances per meta-train speaker held out for validation loss

@@ -29,11 +29,11 @@ from metatts.model.acoustic import AcousticModel, infer_with
 from metatts.model.batch import NEW_SPEAKER
 from metatts.runtime.checkpoint import CheckpointMeta, weights_digest
 from metatts.runtime.env import resolve_device
+from metatts.text.chunks import chunk_text
 from metatts.text.normalize import normalize_text
 from metatts.text.phonemes import Phonemizer
 from metatts.text.symbols import SymbolTable
 
-_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
 SENTENCE_GAP_SECONDS = 0.15  # silence between sentences synthesized separately
 
 
@@ -59,11 +59,6 @@ class Speech:
         path.parent.mkdir(parents=True, exist_ok=True)
         sf.write(path, self.wave, self.sample_rate, subtype="PCM_16")
         return path
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of a (normalized) text, so long input is synthesized in pieces the model was trained on."""
-    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
 
 class TTS:
@@ -130,7 +125,7 @@ class TTS:
         """(sentences, phoneme symbols per sentence) of a text; unpronounceable sentences are dropped."""
         if not text or not text.strip():
             raise SynthesisError("the text is empty")
-        sentences = split_sentences(normalize_text(text))
+        sentences = chunk_text(normalize_text(text))  # sentences, long ones cut at clauses/words: bounded work
         with self._model_lock:
             if self._phonemizer is None:
                 self._phonemizer = Phonemizer(self.config.text, normalize=False)

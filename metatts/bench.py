@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -192,10 +191,15 @@ def corpus_info(results: dict) -> dict:
 
 def run_bench(evaluation: str | Path, checkpoint: str | Path, *, clips: str | Path | None = None,
               out: str | Path = "benchmarks/results", threads: int = 2, runs: int = 3,
-              log: Callable[[str], None] = print) -> tuple[dict, Path]:
-    """Measure and write ``out``/adaptation-<date>.json; returns (the dict, its path)."""
+              log: Callable[[str], None] = print, overwrite: bool = False) -> tuple[dict, Path]:
+    """Measure and write ``out``/adaptation-<date>.json; returns (the dict, its path). An existing file of the same
+    date is refused before any measurement unless ``overwrite``."""
     from metatts.runtime.checkpoint import read_meta
     from metatts.runtime.env import machine_info
+    from metatts.runtime.outputs import atomic_path, check_new_files
+
+    today = datetime.date.today().isoformat()
+    (path,) = check_new_files(out, [f"adaptation-{today}.json"], overwrite=overwrite)
 
     evaluation = Path(evaluation)
     if not evaluation.is_file():
@@ -222,7 +226,7 @@ def run_bench(evaluation: str | Path, checkpoint: str | Path, *, clips: str | Pa
     machine = machine_info()
     torch.set_num_threads(torch_threads)
     record = {
-        "date": datetime.date.today().isoformat(),
+        "date": today,
         "steps_ratio_vs_baseline": steps_ratio(results["similarity"]),
         **timing,
         "similarity": results["similarity"],
@@ -235,10 +239,6 @@ def run_bench(evaluation: str | Path, checkpoint: str | Path, *, clips: str | Pa
         "evaluation": str(evaluation),
         "machine": machine,
     }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"adaptation-{record['date']}.json"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1, allow_nan=False))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, allow_nan=False))
     return record, path

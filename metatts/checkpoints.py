@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from metatts.config import Config, config_from_dict
@@ -27,8 +26,8 @@ from metatts.episodes.collate import Collator, Normalizer
 from metatts.features.store import FeatureStore
 from metatts.meta.inner_lr import InnerLR
 from metatts.model.acoustic import AcousticModel
-from metatts.runtime.checkpoint import (CheckpointError, CheckpointMeta, load_weights, read_meta, save_checkpoint,
-                                        weights_digest)
+from metatts.runtime.checkpoint import (CheckpointError, CheckpointMeta, confined_file, load_weights,
+                                        read_checkpoint_tensors, read_meta, save_checkpoint, weights_digest)
 from metatts.text.symbols import SymbolTable
 
 INNER_LR_FILE = "inner_lr.safetensors"
@@ -143,10 +142,9 @@ def read_inner_lr_tensors(checkpoint: str | Path, meta: CheckpointMeta | None = 
     info = meta.extra.get("inner_lr")
     if not info:
         return None
-    path = checkpoint / info["file"]
-    if not path.is_file():
+    if not confined_file(checkpoint, info["file"], checkpoint / "meta.json").is_file():
         raise CheckpointError(f"{checkpoint} records learned inner rates but has no {info['file']}")
-    return load_file(str(path))
+    return read_checkpoint_tensors(checkpoint, info["file"])
 
 
 def load_inner_lr(checkpoint: str | Path) -> float | dict[str, Tensor]:
@@ -156,7 +154,11 @@ def load_inner_lr(checkpoint: str | Path) -> float | dict[str, Tensor]:
     tensors = read_inner_lr_tensors(checkpoint, meta)
     if tensors is None:
         return float(config_from_dict(meta.config).meta.inner_lr)
-    return InnerLR.rates_from_file(tensors, meta.extra["inner_lr"])
+    try:
+        return InnerLR.rates_from_file(tensors, meta.extra["inner_lr"])
+    except KeyError as missing:
+        raise CheckpointError(f"{Path(checkpoint) / meta.extra['inner_lr']['file']} holds no learned rate "
+                              f"{missing}") from None
 
 
 def load_inner_lr_into(checkpoint: str | Path, meta: CheckpointMeta, inner_lr: InnerLR | None) -> None:

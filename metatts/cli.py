@@ -15,6 +15,43 @@ class UserError(Exception):
     """An error the user can fix (bad path, bad value): printed without a traceback."""
 
 
+RUN_FILES = ("checkpoint", "config.yaml", "log.jsonl", "tb")  # what train / meta-train write into a run folder
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file the user named, or a UserError saying why it cannot be read."""
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{what} {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def _claim_run(args: argparse.Namespace, run: Path, kind: str, checkpoint_kind: str) -> None:
+    """The run folder policy of train and meta-train: a new or empty folder, or a run of the same command; one
+    holding a checkpoint continues only with --resume and starts again only with --overwrite."""
+    from metatts.runtime.checkpoint import CheckpointError, read_meta
+    from metatts.runtime.outputs import claim_folder, remove_outputs
+
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun rank 0 owns the folder
+
+    def older_run(path: Path) -> bool:  # a run from before output markers: its checkpoint says which command
+        try:
+            return read_meta(path / "checkpoint").kind == checkpoint_kind
+        except CheckpointError:
+            return False
+
+    claim_folder(run, kind, adopt=older_run, write_marker=False)  # checks only: a refusal below changes nothing
+    if not args.resume and (run / "checkpoint").exists() and not args.overwrite:
+        raise UserError(f"--out {run} holds a {kind} with a checkpoint: --resume continues it, --overwrite starts it "
+                        f"again (replacing its checkpoint and logs), or choose another --out")
+    folder = claim_folder(run, kind, adopt=older_run)
+    if not args.resume:  # the training code reads (and checks) the checkpoint it resumes
+        remove_outputs(folder, RUN_FILES)  # a fresh start: nothing of an earlier (or killed) run is mixed in
+
+
 def _config(args: argparse.Namespace, extra: list[str] | None = None):
     overrides = list(args.set or []) + list(extra or [])
     return load_config(args.config, overrides)
@@ -61,6 +98,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.resume and args.init_from:
         raise UserError("--resume continues this run; --init-from starts a new one from other weights: pick one")
     run = Path(args.out) if args.out else _default_run(args, "train")
+    _claim_run(args, run, "train run", "train")
     result = train(config, run, resume=args.resume, init_from=args.init_from, progress=not args.quiet,
                    vocoder=_vocoder_or_none(args.vocoder, config))
     last_val = result.val_losses[-1]["mel"] if result.val_losses else float("nan")
@@ -80,33 +118,39 @@ def _vocoder_or_none(name: str | None, config):
 def cmd_synthesize(args: argparse.Namespace) -> None:
     from metatts.api import SynthesisError, load
 
-    if bool(args.text) == bool(args.text_file):
+    from metatts.runtime.outputs import atomic_path, check_new_files
+
+    if (args.text is None) == (args.text_file is None):
         raise UserError("give exactly one of --text or --text-file")
+    if args.text is not None and not args.text.strip():
+        raise UserError("--text is empty: give the text to speak")
     if args.text_file:
         path = Path(args.text_file)
-        if not path.is_file():
-            raise UserError(f"text file {path} does not exist")
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line.strip() for line in _read_text(path, "text file").splitlines() if line.strip()]
         if not lines:
             raise UserError(f"text file {path} has no text")
     else:
         lines = [args.text]
-    tts = load(args.checkpoint, device=args.device, vocoder=args.vocoder)
     if args.alpha != 1.0 and not args.voice:
         raise UserError("--alpha blends a voice pack with its initialization: give --voice too")
+    # Every output name is checked before any work: the user's files in --out are never replaced unasked.
+    targets = check_new_files(args.out, [f"{index:04d}.wav" for index in range(1, len(lines) + 1)],
+                              overwrite=args.overwrite)
+    tts = load(args.checkpoint, device=args.device, vocoder=args.vocoder)
     params = tts.voice_params(args.voice, args.alpha) if args.voice else None
-    out = Path(args.out)
     written = []
-    for index, line in enumerate(lines, start=1):
+    for line, target in zip(lines, targets):
         try:
             speech = tts.synthesize(line, args.speaker, duration_scale=args.pace, params=params)
         except SynthesisError as error:
             if len(lines) == 1:
                 raise UserError(str(error)) from error
-            print(f"line {index}: skipped: {error}", file=sys.stderr)
+            print(f"line {target.stem.lstrip('0')}: skipped: {error}", file=sys.stderr)
             continue
-        written.append(speech.save(out / f"{index:04d}.wav"))
-        print(f"{written[-1]}  {speech.seconds:.2f} s  {line[:60]}")
+        with atomic_path(target) as tmp:
+            speech.save(tmp)
+        written.append(target)
+        print(f"{target}  {speech.seconds:.2f} s  {line[:60]}")
     if not written:
         raise UserError("no line of the text file could be synthesized")
 
@@ -118,11 +162,20 @@ def cmd_adapt(args: argparse.Namespace) -> None:
 
     from metatts.api import load
 
+    from metatts.adapt.voicepack import adaptable_groups, is_voice_pack
+    from metatts.runtime.outputs import check_new_file
+
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    out = check_new_file(args.out, overwrite=args.overwrite, replaceable=is_voice_pack, what="voice pack")
     tts = load(args.checkpoint, device=args.device)
     groups = [g.strip() for item in args.groups or [] for g in item.split(",") if g.strip()] or None
+    allowed = adaptable_groups(tts.config.model.speaker_groups)
+    if groups and any(g not in allowed for g in groups):
+        bad = next(g for g in groups if g not in allowed)
+        raise UserError(f"--groups {bad}: a voice pack holds only speaker groups of this checkpoint "
+                        f"({', '.join(allowed)})")
     voice = tts.adapt(args.clips, transcripts=args.transcripts, steps=args.steps, lr=args.lr, groups=groups,
                       optimizer=args.optimizer, l2_anchor=args.l2, seed=args.seed, unknown=args.unknown)
     for line in voice.clips.report():
@@ -131,7 +184,12 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     print(f"adapted {', '.join(info['groups'])} with {args.steps} {args.optimizer} steps (lr: {info['lr']}"
           f"{f', L2 to init {args.l2:g}' if args.l2 else ''})")
     print("support loss per step: " + "  ".join(f"{k}:{v:.4f}" for k, v in enumerate(voice.losses)))
-    path = voice.save(args.out)
+    if voice.diverged:
+        print(f"metatts adapt: warning: the adaptation diverged ({info['warning']})", file=sys.stderr)
+        if not args.force:
+            raise UserError(f"no voice pack written to {out}: the adaptation diverged; lower --lr or --steps "
+                            f"(or keep it anyway with --force)")
+    path = voice.save(out, force=args.force)
     print(f"time: features {info['feature_seconds']:.2f} s, adaptation {info['adapt_seconds']:.2f} s (aligner + "
           f"{args.steps} steps, {torch.get_num_threads()} threads), whole command "
           f"{time.perf_counter() - started:.1f} s")
@@ -147,6 +205,7 @@ def cmd_meta_train(args: argparse.Namespace) -> None:
     if args.resume and args.init_from:
         raise UserError("--resume continues this run; --init-from starts a new one from other weights: pick one")
     run = Path(args.out) if args.out else _default_run(args, "meta")
+    _claim_run(args, run, "meta-train run", "meta")
     try:
         result = meta_train(config, run, resume=args.resume, init_from=args.init_from, progress=not args.quiet)
     except MetaTrainingError as error:
@@ -179,6 +238,10 @@ def cmd_tasks(args: argparse.Namespace) -> None:
     from metatts.episodes.tasks import episodes_digest, frozen_episodes, load_task_suite
     from metatts.features.store import FeatureStore
 
+    if args.json:  # checked before the work, written after it
+        from metatts.runtime.outputs import check_new_file
+
+        json_path = check_new_file(args.json, overwrite=args.overwrite, flag="--json")
     suite = load_task_suite(args.suite, features=args.features)
     store = FeatureStore(suite.features)
     splits = SpeakerSplits.load(Path(suite.features) / "splits.json")
@@ -202,17 +265,32 @@ def cmd_tasks(args: argparse.Namespace) -> None:
         report["checkpoints"][checkpoint] = curve.to_dict()
         print(str(checkpoint)[-40:].ljust(40) + "".join(f"{v:9.4f}" for v in curve.mean("mel")))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        from metatts.runtime.outputs import atomic_path
+
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(json.dumps(report, indent=1))
         print(f"wrote {args.json}")
+
+
+def _is_older_evaluation(path: Path) -> bool:
+    """An evaluation folder from before output markers: its results.json is an evaluation's."""
+    import json
+
+    try:
+        results = json.loads((path / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(results, dict) and {"methods", "steps", "similarity"} <= set(results)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from metatts.evaluation.harness import METHODS, run_evaluation
+    from metatts.runtime.outputs import claim_folder
 
     methods = [m.strip() for item in args.methods or METHODS for m in item.split(",") if m.strip()]
     steps = [int(s) for item in args.steps for s in str(item).split(",") if s.strip()] if args.steps else None
     out = Path(args.out) if args.out else Path("runs") / "evaluate" / Path(args.task).stem
+    claim_folder(out, "evaluation", adopt=lambda path: _is_older_evaluation(path))
     results = run_evaluation(args.checkpoint, args.baseline, args.task, out, methods=methods,
                              steps=steps, vocoder=args.vocoder, device=args.device,
                              samples=args.samples, progress=not args.quiet, features=args.features,
@@ -232,7 +310,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from metatts.bench import run_bench
 
     record, path = run_bench(args.evaluation, args.checkpoint, clips=args.clips, out=args.out, threads=args.threads,
-                             runs=args.runs)
+                             runs=args.runs, overwrite=args.overwrite)
     ratio = record["steps_ratio_vs_baseline"]
     timing = record["adapt_seconds_5clips_10steps"]
     print(f"steps ratio vs baseline: {ratio['value'] if ratio['value'] is not None else 'n/a (' + ratio['reason'] + ')'}")
@@ -249,24 +327,27 @@ def cmd_align(args: argparse.Namespace) -> None:
     from metatts.episodes.collate import Collator, Normalizer
     from metatts.features.store import FeatureStore
 
-    tts = load(args.checkpoint, device="cpu")
+    from metatts.runtime.outputs import atomic_path, check_new_files, safe_name
+
     store = FeatureStore(args.features)
-    ids = args.utterance or [e.id for e in store.entries[:args.first]]
+    ids = list(dict.fromkeys(args.utterance or [e.id for e in store.entries[:args.first]]))
     unknown = [i for i in ids if i not in store.by_id]
     if unknown:
         raise UserError(f"not in {args.features}: {', '.join(unknown[:5])} (ids are in its manifest.jsonl)")
+    # Ids are data from a manifest, never paths: safe_name keeps every PNG inside --out.
+    targets = check_new_files(args.out, [f"{safe_name(i)}.png" for i in ids], overwrite=args.overwrite)
+    tts = load(args.checkpoint, device="cpu")
     rows = {s: i for i, s in enumerate(tts.speakers)}
     collator = Collator(store, tts.symbols, rows, Normalizer.from_dict(tts.meta.stats))
-    out = Path(args.out)
-    for utt_id in ids:
+    for utt_id, target in zip(ids, targets):
         batch = collator([utt_id])
         with torch.no_grad():
             alignment = tts.model.alignment(batch)
         frames, phonemes = int(batch.mel_lengths[0]), int(batch.phoneme_lengths[0])
-        path = plot_alignment(alignment.soft[0, :frames, :phonemes], out / f"{utt_id}.png",
-                              durations=alignment.durations[0, :phonemes], title=utt_id,
-                              phonemes=store.by_id[utt_id].phonemes)
-        print(path)
+        with atomic_path(target) as tmp:
+            plot_alignment(alignment.soft[0, :frames, :phonemes], tmp, durations=alignment.durations[0, :phonemes],
+                           title=utt_id, phonemes=store.by_id[utt_id].phonemes)
+        print(target)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<config name>/train)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--init-from", metavar="CHECKPOINT", help="start from another checkpoint's weights only")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the run in --out again, replacing its checkpoint and logs (default: refuse)")
     p.add_argument("--vocoder", default="griffinlim",
                    help="vocoder for TensorBoard audio: griffinlim (default), hifigan, a path, or none")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -309,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--utterance", action="append", help="utterance id (repeatable); default: the first --first")
     p.add_argument("--first", type=int, default=3, help="how many utterances when none is named (default 3)")
     p.add_argument("--out", required=True, help="folder for <utterance id>.png")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace PNGs that already exist in --out (default: refuse)")
     p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("synthesize", help="text to speech with a trained checkpoint")
@@ -316,9 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     who = p.add_mutually_exclusive_group()
     who.add_argument("--speaker", help="a training speaker id (default: the new-speaker voice)")
     who.add_argument("--voice", help="a voice pack made by `metatts adapt`")
-    p.add_argument("--text", help="text to speak; long text is split at sentence ends")
+    p.add_argument("--text", help="text to speak; long text is split at sentence ends (and overlong sentences at "
+                                  "clauses or words)")
     p.add_argument("--text-file", help="UTF-8 file: one wav per non-empty line")
     p.add_argument("--out", required=True, help="output folder for the wavs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace wavs that already exist in --out (default: refuse)")
     p.add_argument("--vocoder", default=None, help="hifigan (default; Griffin-Lim if absent), griffinlim, or a path")
     p.add_argument("--alpha", type=float, default=1.0,
                    help="with --voice: (1-alpha)*initial + alpha*adapted speaker tensors (default 1)")
@@ -331,8 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", required=True, nargs="+", metavar="DIR|FILE",
                    help="audio files and/or folders of wav/flac/ogg files")
     p.add_argument("--transcripts", metavar="F",
-                   help="TSV file of clip_name<TAB>text lines, or a folder of <stem>.txt files (default: a <clip>.txt "
-                        "beside each clip)")
+                   help="TSV file of clip_name<TAB>text lines, or a folder of <stem>.txt files (default: a <clip>.txt, "
+                        "or LibriTTS's <clip>.normalized.txt, beside each clip)")
     p.add_argument("--steps", type=int, default=10, help="adaptation steps (default 10)")
     p.add_argument("--lr", type=float, help="learning rate (default: the checkpoint's learned inner rates, else its "
                                             "meta.inner_lr; for adam 1e-2)")
@@ -346,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clips with phonemes unknown to the checkpoint: skip them (default) or read them as <unk>")
     p.add_argument("--seed", type=int, default=0, help="seed (adaptation runs without dropout, so rarely matters)")
     p.add_argument("--out", required=True, help="voice pack file to write (.safetensors)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing voice pack at --out (other files are never replaced)")
+    p.add_argument("--force", action="store_true",
+                   help="write the pack even when the adaptation diverged (its support loss grew 5x or more)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.set_defaults(func=cmd_adapt)
@@ -354,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<config name>/meta)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--init-from", metavar="CHECKPOINT", help="start from a checkpoint's weights (e.g. metatts train)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the run in --out again, replacing its checkpoint and logs (default: refuse)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_meta_train)
 
@@ -380,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", help="comma-separated inner-step counts (default: the suite's step_grid)")
     p.add_argument("--inner-lr", type=float, help="SGD inner rate for all checkpoints (default: each one's own)")
     p.add_argument("--json", help="write the curves (per episode) to this JSON file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --json file (default: refuse)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.set_defaults(func=cmd_tasks)
 
@@ -410,38 +506,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", help="folder of clips with <clip>.txt transcripts (default: 5 utterances of the "
                                    "evaluation's first held-out speaker)")
     p.add_argument("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace today's result file if it exists (default: refuse)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads for the timings (default 2)")
     p.add_argument("--runs", type=int, default=3, help="timed adaptation runs after a warm-up (default 3)")
     p.set_defaults(func=cmd_bench)
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    """The error as one line: multi-line library messages (a list of skip reasons) are joined with '; '."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror}" + (f" -> {error.filename2}" if error.filename2 else "")
+    text = str(error).strip() or type(error).__name__
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors about the user's input or machine, reported as one line. Every project error class subclasses
+    ValueError (bad input) or is listed here (run-time failures); OSError covers paths that cannot be read or
+    written. Anything else is a bug and keeps its traceback."""
+    from metatts.meta.outer_loop import MetaTrainingError
+    from metatts.train.supervised import TrainingError
+    from metatts.vocoder.base import VocoderError
+
+    expected: tuple[type[BaseException], ...] = (UserError, ValueError, OSError, VocoderError, TrainingError,
+                                                 MetaTrainingError)
+    try:
+        import soundfile
+
+        expected += (soundfile.SoundFileError,)  # a wav that cannot be written (a full disk, a read-only mount)
+    except (ImportError, AttributeError):
+        pass
+    return expected
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (UserError, ConfigError) as error:
-        print(f"metatts {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as error:
-        # Library errors about user input (missing corpus, no known layout, bad audio everywhere) subclass these.
-        if os.environ.get("METATTS_DEBUG"):
-            raise
-        print(f"metatts {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except RuntimeError as error:
-        # Our run-time failures (a vocoder checkpoint that does not fit, training stopped on non-finite losses)
-        # are reported like input errors; anything else is a bug and keeps its traceback.
-        from metatts.train.supervised import TrainingError
-        from metatts.vocoder.base import VocoderError
-
-        if not isinstance(error, (VocoderError, TrainingError)) or os.environ.get("METATTS_DEBUG"):
-            raise
-        print(f"metatts {args.command}: error: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"metatts {args.command}: interrupted; finished work is kept and a re-run resumes", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - sorted below: expected errors are one line, bugs keep a traceback
+        if os.environ.get("METATTS_DEBUG") or not isinstance(error, _expected_errors()):
+            raise
+        print(f"metatts {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2 if isinstance(error, (UserError, ValueError, OSError)) else 1
     return 0
 
 

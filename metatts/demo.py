@@ -117,30 +117,28 @@ class DemoState:
     @classmethod
     def open(cls, out: Path) -> "DemoState":
         """The state of ``out``; a new one for a missing or empty folder. Anything else is refused."""
+        from metatts.runtime.outputs import OutputError, claim_folder
+
         state = cls(out)
-        if out.exists() and not out.is_dir():
-            raise DemoError(f"--out {out} is a file, not a folder")
+        # The shared output-folder policy, with the state file as the folder's marker (the demo writes it itself).
+        try:
+            claim_folder(out, STATE_KIND, marker=STATE_FILE, write_marker=False, label="demo run")
+        except OutputError as error:
+            raise DemoError(str(error)) from None
         if state.path.is_file():
-            try:
-                data = json.loads(state.path.read_text())
-            except (OSError, json.JSONDecodeError) as error:
-                raise DemoError(f"{state.path} is not a readable demo state ({error}); move {out} aside or choose "
-                                f"another --out") from None
-            if not isinstance(data, dict) or data.get("kind") != STATE_KIND or data.get("format") != STATE_FORMAT:
-                raise DemoError(f"{state.path} is not a metatts demo state (format {STATE_FORMAT}); choose another "
-                                f"--out")
+            data = json.loads(state.path.read_text())  # claim_folder read it: valid JSON of our kind
+            if data.get("format") != STATE_FORMAT:
+                raise DemoError(f"{state.path} is a demo state of format {data.get('format')}, not {STATE_FORMAT}; "
+                                f"choose another --out")
             state.data = data
-        elif out.is_dir() and any(out.iterdir()):
-            names = ", ".join(sorted(p.name for p in out.iterdir())[:5])
-            raise DemoError(f"--out {out} holds files that are not a metatts demo run ({names}; no {STATE_FILE}): "
-                            f"choose another --out (nothing was changed)")
         return state
 
     def save(self) -> None:
+        from metatts.runtime.outputs import atomic_path
+
         self.out.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(self.data, indent=1))
 
     def stage(self, name: str) -> dict:
         return self.data["stages"].get(name, {})

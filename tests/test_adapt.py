@@ -300,7 +300,9 @@ def test_cli_adapt_errors_exit_2_with_one_line(checkpoint, vctk_mini, tmp_path, 
         (["--clips", wav, "--transcripts", str(tmp_path / "none.tsv")], "transcripts file .* does not exist"),
         (["--clips", wav, "--transcripts", str(vctk_mini / "txt" / "p225"), "--steps", "-1"], "steps must be >= 0"),
         (["--clips", wav, "--transcripts", str(vctk_mini / "txt" / "p225"), "--groups", "nothing"],
-         "neither a parameter group"),
+         "--groups nothing: a voice pack holds only speaker groups"),
+        (["--clips", wav, "--transcripts", str(vctk_mini / "txt" / "p225"), "--groups", "mel_head"],
+         "--groups mel_head: a voice pack holds only speaker groups"),
         (["--clips", wav], "no transcript"),
     ]
     for extra, message in cases:
@@ -314,3 +316,44 @@ def test_cli_adapt_errors_exit_2_with_one_line(checkpoint, vctk_mini, tmp_path, 
     assert main(["synthesize", "--checkpoint", str(checkpoint), "--voice", str(junk), "--text", "Hi.", "--out",
                  str(tmp_path / "wav")]) == 2
     assert "not a voice pack" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_unsupported_files_in_a_clips_folder_get_a_skipped_line(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    (tmp_path / "b.mp3").write_bytes(b"ID3")
+    (tmp_path / "c.png").write_bytes(b"\x89PNG")
+    (tmp_path / "a.txt").write_text("A transcript, expected beside a clip.")
+    (tmp_path / ".DS_Store").write_bytes(b"")
+    files, skipped = find_clip_files(tmp_path)
+    assert [f.name for f in files] == ["a.wav"]
+    assert {Path(s.path).name: s.reason.split(" (")[0] for s in skipped} == {
+        "b.mp3": "not a supported audio file", "c.png": "not a supported audio file"}
+
+
+def test_libritts_normalized_transcripts_beside_clips_are_found(tts, vctk_mini, tmp_path):
+    chapter = tmp_path / "103" / "1240"
+    chapter.mkdir(parents=True)
+    text = (vctk_mini / "txt" / "p225" / "p225_001.txt").read_text().strip()
+    shutil.copy(vctk_mini / "wav48" / "p225" / "p225_001.wav", chapter / "103_1240_000001_000000.wav")
+    (chapter / "103_1240_000001_000000.normalized.txt").write_text(text)
+    (chapter / "103_1240_000001_000000.original.txt").write_text("ignored when the normalized one is there")
+    clips = ClipReader.from_meta(tts.meta).read(chapter)
+    assert [c.name for c in clips.clips] == ["103_1240_000001_000000.wav"] and clips.skipped == []
+    assert clips.clips[0].text == normalize_text(text)
+    assert read_transcripts(chapter) == {"103_1240_000001_000000": text}
+
+
+def test_a_diverging_adaptation_warns_and_is_not_saved_unless_forced(tts, checkpoint, voice, tmp_path):
+    try:
+        wild = adapt_voice(tts.model, checkpoint, voice.clips, steps=3, lr=1e4)
+    except ValueError as error:  # the loss went non-finite: refused outright, nothing to save
+        assert "adaptation diverged" in str(error)
+        return
+    assert wild.diverged and "support loss grew from" in wild.info["warning"], wild.losses
+    assert wild.losses[-1] > 5 * wild.losses[0]
+    with pytest.raises(ValueError, match="not saved: the adaptation diverged"):
+        wild.save(tmp_path / "wild.safetensors")
+    assert not (tmp_path / "wild.safetensors").exists() and list(tmp_path.iterdir()) == []
+    assert wild.save(tmp_path / "wild.safetensors", force=True).is_file()
+    assert not voice.diverged

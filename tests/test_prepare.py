@@ -15,6 +15,7 @@ import soundfile as sf
 from metatts.cli import main
 from metatts.config import config_from_dict
 from metatts.corpus.demo import espeak_synthesize
+from metatts.corpus.splits import SplitError
 from metatts.features.prepare import prepare
 from metatts.features.store import FeatureStore, read_features
 
@@ -164,3 +165,12 @@ def test_missing_or_unknown_corpus_exits_nonzero_naming_path_and_layouts(tmp_pat
     assert main(["prepare", "--corpus", str(tmp_path / "junk"), "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "junk") in err and "libritts" in err and "kaldi" in err
+
+
+def test_a_split_that_no_longer_fits_changes_no_store_file(corpus, tmp_path):
+    store = tmp_path / "store"
+    prepare(_config(corpus, store), progress=False, log=lambda *_: None)
+    before = {p.name: p.read_bytes() for p in store.iterdir() if p.is_file()}
+    with pytest.raises(SplitError, match="other settings"):
+        prepare(_config(corpus, store, "data.test_speakers=1"), progress=False, log=lambda *_: None)
+    assert {p.name: p.read_bytes() for p in store.iterdir() if p.is_file()} == before

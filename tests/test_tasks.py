@@ -15,6 +15,7 @@ from metatts.corpus.splits import SpeakerSplits
 from metatts.episodes.tasks import (TaskSuite, TaskSuiteError, episodes_digest, frozen_episodes, load_task_suite,
                                     suite_speakers)
 from metatts.features.store import FeatureStore
+from metatts.text.symbols import SymbolTable
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 SUITE = """# metatts tasks suite.yaml
@@ -53,7 +54,7 @@ def _store(root: Path, counts: dict[str, int], *, shuffle: int | None = None) ->
     (root / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
     stats = {"log_f0_mean": 5.0, "log_f0_std": 0.3, "energy_mean": 0.0, "energy_std": 1.0, "utterances": 1}
     (root / "stats.json").write_text(json.dumps({"global": stats, "speakers": {}}))
-    (root / "symbols.json").write_text("[]")
+    (root / "symbols.json").write_text(SymbolTable().to_json())
     speakers = sorted(counts)
     splits = SpeakerSplits(train=speakers[:1], val=[], test=speakers[1:])
     return FeatureStore(root), splits

@@ -113,13 +113,16 @@ def test_cli_synthesize_from_a_text_file_and_errors_exit_2(store, tmp_path, caps
     assert main(args + ["--text-file", str(lines), "--speaker", "m1"]) == 0
     assert sorted(p.name for p in (tmp_path / "wav").glob("*.wav")) == ["0001.wav", "0003.wav"]
     assert "line 2: skipped" in capsys.readouterr().err
-    assert main(args + ["--text", "hi", "--speaker", "ghost"]) == 2
+    # The wavs are there now: a second run refuses to replace them before any work, unless --overwrite.
+    assert main(args + ["--text", "hi", "--speaker", "m1"]) == 2
+    assert "already holds 0001.wav: pass --overwrite" in capsys.readouterr().err
+    assert main(args + ["--text", "hi", "--speaker", "ghost", "--overwrite"]) == 2
     assert "unknown speaker" in capsys.readouterr().err
     assert main(["synthesize", "--checkpoint", str(tmp_path), "--text", "hi", "--out", str(tmp_path)]) == 2
     assert "not a metatts checkpoint" in capsys.readouterr().err
     torch.save({"generator": {"conv_pre.weight": torch.zeros(3)}}, tmp_path / "vocoder.pt")
     bad_vocoder = ["synthesize", "--checkpoint", checkpoint, "--vocoder", str(tmp_path / "vocoder.pt"),
-                   "--text", "hi", "--speaker", "m1", "--out", str(tmp_path / "wav")]
+                   "--text", "hi", "--speaker", "m1", "--out", str(tmp_path / "wav"), "--overwrite"]
     assert main(bad_vocoder) == 1
     assert "conv_pre.weight" in capsys.readouterr().err  # names what does not fit, no traceback
 

@@ -16,35 +16,20 @@ from safetensors.torch import save_file
 from metatts.adapt.fast import Voice
 from metatts.adapt.voicepack import VoicePack, VoicePackError, load_voice_pack, save_voice_pack
 from metatts.api import TTS, SynthesisError, load
-from metatts.checkpoints import build_model
-from metatts.config import config_from_dict, config_to_dict
-from metatts.runtime.checkpoint import CheckpointMeta, save_checkpoint, weights_digest
-from metatts.text.symbols import SymbolTable
-from tiny import TINY_MODEL
+from metatts.runtime.checkpoint import weights_digest
+from tiny import tiny_checkpoint
 
 SLOT = ("speaker.slot_embedding", "speaker.slot_norms")
-STATS = {"log_f0_mean": 5.0, "log_f0_std": 0.3, "energy_mean": 20.0, "energy_std": 10.0}
+GROUPS = ("speaker_embedding", "speaker_norms")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _checkpoint(path: Path, seed: int) -> Path:
-    config = config_from_dict({}, TINY_MODEL)
-    symbols = SymbolTable()
-    torch.manual_seed(seed)
-    model = build_model(config, len(symbols), 2)
-    with torch.no_grad():  # a fresh model has zero norm offsets; make the slot matter for the output
-        model.speaker.slot_norms.normal_(0, 0.1)
-    meta = CheckpointMeta(config=config_to_dict(config), symbols=symbols.to_json(), stats=dict(STATS),
-                          speakers=["a", "b"])
-    return save_checkpoint(path, model, meta)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("packs")
-    return _checkpoint(root / "one", seed=1), _checkpoint(root / "other", seed=2)
+    return tiny_checkpoint(root / "one", seed=1), tiny_checkpoint(root / "other", seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +40,8 @@ def tts(checkpoints) -> TTS:
 def _pack(tts: TTS, shift: float = 0.5) -> VoicePack:
     named = dict(tts.model.named_parameters())
     params = {n: named[n].detach() + shift * torch.randn_like(named[n]) for n in SLOT}
-    return VoicePack(params=params, base_checkpoint=tts.weights_digest, info={"steps": 3, "support_loss": [2.0, 1.5]})
+    info = {"steps": 3, "support_loss": [2.0, 1.5], "groups": list(GROUPS)}
+    return VoicePack(params=params, base_checkpoint=tts.weights_digest, info=info)
 
 
 def test_round_trip_keeps_tensors_and_metadata_and_changes_the_voice(tts, checkpoints, tmp_path):
@@ -101,7 +87,8 @@ def test_a_pack_from_another_checkpoint_is_refused(tts, checkpoints, tmp_path):
 ], ids=["shape", "dtype", "nan", "unknown-name", "empty"])
 def test_malformed_packs_are_refused_with_the_reason(tts, checkpoints, tmp_path, damage, message):
     pack = _pack(tts)
-    path = save_voice_pack(tmp_path / "bad.safetensors", VoicePack(damage(pack.params), pack.base_checkpoint))
+    path = save_voice_pack(tmp_path / "bad.safetensors", VoicePack(damage(pack.params), pack.base_checkpoint,
+                                                                   pack.info))
     with pytest.raises(VoicePackError, match=message):
         load_voice_pack(path, checkpoints[0], tts.model)
     with pytest.raises(VoicePackError, match=message):

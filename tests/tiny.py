@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import soundfile as sf
+import torch
 
 from metatts.corpus.demo import espeak_synthesize
 from metatts.demo import SMOKE_MODEL
@@ -26,3 +27,25 @@ def synthesize_corpus(root: Path, voices: tuple[str, ...], texts: list[str]) -> 
             sf.write(folder / f"{voice}_{i}.wav", wave, rate)
             (folder / f"{voice}_{i}.txt").write_text(text)
     return root
+
+
+STATS = {"log_f0_mean": 5.0, "log_f0_std": 0.3, "energy_mean": 20.0, "energy_std": 10.0}
+
+
+def tiny_checkpoint(path: Path, seed: int = 1, speakers: tuple[str, ...] = ("a", "b"), symbols=None) -> Path:
+    """An untrained tiny model saved as a checkpoint (no corpus needed), its slot norms made non-zero so that the
+    slot changes the output: for tests of what loads a checkpoint, not of what it learned."""
+    from metatts.config import config_from_dict, config_to_dict
+    from metatts.runtime.checkpoint import CheckpointMeta, save_checkpoint
+    from metatts.text.symbols import SymbolTable
+    from metatts.train.common import build_model
+
+    config = config_from_dict({}, TINY_MODEL)
+    symbols = symbols or SymbolTable()
+    torch.manual_seed(seed)
+    model = build_model(config, len(symbols), len(speakers))
+    with torch.no_grad():  # a fresh model has zero norm offsets; make the slot matter for the output
+        model.speaker.slot_norms.normal_(0, 0.1)
+    meta = CheckpointMeta(config=config_to_dict(config), symbols=symbols.to_json(), stats=dict(STATS),
+                          speakers=list(speakers))
+    return save_checkpoint(path, model, meta)

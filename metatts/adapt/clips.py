@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from metatts.config.schema import AudioConfig, TextConfig
+from metatts.corpus.readers import LIBRITTS_TEXT
 from metatts.corpus.utterance import Skipped
 from metatts.episodes.collate import Normalizer, pad_stack
 from metatts.features.audio import AudioError
@@ -133,8 +134,9 @@ def no_usable_message(skipped: Sequence[Skipped]) -> str:
 # ------------------------------------------------------------------------------------------------ finding clips
 def find_clip_files(sources: ClipSource | Sequence[ClipSource]) -> tuple[list[Path], list[Skipped]]:
     """Audio files named by ``sources`` (files, or folders whose wav/flac/ogg files are taken, not recursively),
-    in the order given (a folder's files sorted by name), without repeats. Paths that do not exist come back as
-    skipped; text files among the sources (sidecars a shell glob picked up) are ignored."""
+    in the order given (a folder's files sorted by name), without repeats. Paths that do not exist, and other files
+    in a folder (an .mp3, a .png), come back as skipped with the reason; text files (transcripts beside the clips,
+    or sidecars a shell glob picked up) and hidden files are ignored."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     files: dict[Path, None] = {}
@@ -143,8 +145,14 @@ def find_clip_files(sources: ClipSource | Sequence[ClipSource]) -> tuple[list[Pa
         path = Path(source)
         if path.is_dir():
             for child in sorted(path.iterdir()):
-                if child.is_file() and child.suffix.lower() in AUDIO_SUFFIXES:
+                if not child.is_file() or child.name.startswith("."):
+                    continue
+                if child.suffix.lower() in AUDIO_SUFFIXES:
                     files[child] = None
+                elif child.suffix.lower() not in _TEXT_SUFFIXES:  # transcripts beside the clips are expected
+                    missing.append(Skipped(child.stem, str(child), "audio",
+                                           f"not a supported audio file ({child.suffix or 'no extension'}; clips "
+                                           f"are read from {', '.join(AUDIO_SUFFIXES)} files)"))
         elif path.is_file():
             if path.suffix.lower() not in _TEXT_SUFFIXES:
                 files[path] = None
@@ -158,7 +166,15 @@ def read_transcripts(path: str | os.PathLike) -> dict[str, str]:
     ignored; the name may be the file name, its stem or a path) or a folder of ``<stem>.txt`` files."""
     path = Path(path)
     if path.is_dir():
-        return {p.stem: p.read_text(encoding="utf-8").strip() for p in sorted(path.glob("*.txt")) if p.is_file()}
+        # <stem>.txt, or LibriTTS's <utt>.normalized.txt (preferred) / <utt>.original.txt, keyed by the clip stem.
+        table: dict[str, str] = {}
+        for suffix in (*LIBRITTS_TEXT, ".txt"):
+            for file in sorted(path.glob(f"*{suffix}")):
+                if suffix == ".txt" and file.name.endswith(LIBRITTS_TEXT):
+                    continue  # taken above under its clip's stem
+                if file.is_file() and file.name != suffix:
+                    table.setdefault(file.name[:-len(suffix)], _read_text_file(file))
+        return table
     if not path.is_file():
         raise ClipError(f"transcripts file {path} does not exist")
     try:
@@ -188,11 +204,30 @@ def _lookup(table: Mapping[str, str], file: Path) -> str | None:
     return None
 
 
+def _read_text_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as error:
+        raise ClipError(f"transcript {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise ClipError(f"transcript {path}: cannot read it ({error.strerror or error})") from None
+
+
+def sidecar_names(file: Path) -> list[Path]:
+    """Where a clip's transcript may sit beside it: ``<stem>.txt``, ``<name>.txt``, and the corpus readers'
+    conventions (LibriTTS ``<utt>.normalized.txt``, else ``<utt>.original.txt``)."""
+    return [file.with_suffix(".txt"), file.with_name(file.name + ".txt"),
+            *(file.with_name(file.stem + suffix) for suffix in LIBRITTS_TEXT)]
+
+
 def _sidecar(file: Path) -> str | None:
-    for candidate in (file.with_suffix(".txt"), file.with_name(file.name + ".txt")):
+    found = None
+    for candidate in sidecar_names(file):
         if candidate.is_file():
-            return candidate.read_text(encoding="utf-8").strip()
-    return None
+            found = _read_text_file(candidate)
+            if found:  # an empty normalized transcript falls back to the original one, as the LibriTTS reader does
+                return found
+    return found  # "" when only empty transcripts exist (reported as empty), None when there is none
 
 
 def _transcripts_for(files: list[Path], texts: Texts, transcripts: str | os.PathLike | None
@@ -210,7 +245,8 @@ def _transcripts_for(files: list[Path], texts: Texts, transcripts: str | os.Path
             missing[file] = ("no transcript (not among the given texts)" if texts is not None else
                              f"no transcript (no line for it in {transcripts}, no .txt file beside it)"
                              if transcripts is not None else
-                             "no transcript (no .txt file of the same name beside it, and no transcripts given)")
+                             "no transcript (no .txt or .normalized.txt file of the same name beside it, and no "
+                             "transcripts given)")
         else:
             found[file] = text
     return found, missing

@@ -41,6 +41,9 @@ from metatts.model.losses import FastSpeech2Loss
 from metatts.runtime.checkpoint import read_meta, weights_digest
 
 ADAM_LR = 1e-2  # Adam's default per-element step when no lr is given (the SGD inner rates do not apply to Adam)
+# A final support loss above this multiple of the initial one is a diverged adaptation (a too-large --lr): the voice
+# is marked, warned about, and not saved unless forced. Adaptation that works lowers the loss.
+DIVERGENCE_FACTOR = 5.0
 
 
 @dataclass
@@ -78,8 +81,15 @@ class Voice:
         """φ = (1 − α)·φ0 + α·φ', with φ0 the current values of the same tensors in ``model`` (the base model)."""
         return interpolate(self.pack.params, model, alpha)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        return save_voice_pack(path, self.pack)
+    @property
+    def diverged(self) -> bool:
+        """Whether the support loss grew by more than ``DIVERGENCE_FACTOR`` (the pack is then not saved unless
+        forced)."""
+        return self.pack.diverged
+
+    def save(self, path: str | os.PathLike, *, force: bool = False) -> Path:
+        """Write the pack; a diverged adaptation is refused unless ``force``."""
+        return save_voice_pack(path, self.pack, force=force)
 
     @classmethod
     def load(cls, path: str | os.PathLike, checkpoint: str | os.PathLike, model: nn.Module | None = None) -> "Voice":
@@ -222,4 +232,8 @@ def adapt_voice(model: nn.Module, checkpoint: str | os.PathLike, clips: ClipSet,
         "audio": dict(meta.config.get("audio", {})), "checkpoint_step": meta.step, "checkpoint_kind": meta.kind,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if losses[-1] > DIVERGENCE_FACTOR * losses[0]:
+        info["diverged"] = True
+        info["warning"] = (f"support loss grew from {losses[0]:.4g} to {losses[-1]:.4g}, "
+                           f"{losses[-1] / max(losses[0], 1e-12):.3g} times")
     return Voice(VoicePack(params=adapted, base_checkpoint=digest, info=info), clips=clips)

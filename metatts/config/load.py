@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -12,6 +13,38 @@ from typing import Any
 import yaml
 
 from metatts.config.schema import MODEL_PRESETS, Config, ConfigError
+
+
+class _SafeNoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no tags, no code) that also refuses aliases: ``*ref`` lets a few hundred bytes expand to
+    gigabytes (the "billion laughs"), and no metatts config needs them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"aliases (*{event.anchor}) are not allowed in metatts "
+                                              f"YAML files", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def yaml_error_line(error: yaml.YAMLError) -> str:
+    """One line for a YAML error (PyYAML's messages span several lines with a source excerpt)."""
+    problem = getattr(error, "problem", None) or getattr(error, "context", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"
+
+
+def load_yaml(text: str, source: str):
+    """Parse YAML text from ``source`` (a file name, or ``--set key``) safely: no tags, no aliases; any error is a
+    ``ConfigError`` of one line naming the source."""
+    try:
+        return yaml.load(text, Loader=_SafeNoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML: {yaml_error_line(error)}") from None
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a recipe is a few KB
 
 
 def _coerce(value: Any, annotation: Any, path: str) -> Any:
@@ -48,6 +81,8 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -84,7 +119,7 @@ def config_from_dict(data: dict | None, overrides: list[str] | tuple[str, ...] =
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = load_yaml(raw, f"--set {item}") if raw.strip() else ""
     model = merged.get("model")
     if isinstance(model, dict) and model.get("preset") in MODEL_PRESETS:
         # A preset fills the model sizes the recipe leaves out; keys the recipe sets win.
@@ -101,10 +136,13 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes is not a config (at most {MAX_CONFIG_BYTES})")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        data = load_yaml(text, str(path)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return config_from_dict(data, overrides)

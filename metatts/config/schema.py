@@ -52,6 +52,9 @@ class AudioConfig:
         _require(self.hop_length <= self.win_length, f"{path}.hop_length",
                  f"hop ({self.hop_length}) longer than the window ({self.win_length}) would skip samples")
         _require(self.n_mels > 0, f"{path}.n_mels", "must be positive")
+        _require(self.sample_rate <= 192000, f"{path}.sample_rate", f"{self.sample_rate} Hz: at most 192000")
+        _require(self.n_fft <= 65536 and self.n_mels <= 1024, f"{path}.n_fft",
+                 f"n_fft ({self.n_fft}) at most 65536 and n_mels ({self.n_mels}) at most 1024")
         _require(0 <= self.fmin < self.fmax, f"{path}.fmin", f"need 0 <= fmin < fmax, got {self.fmin}, {self.fmax}")
         _require(self.fmax <= self.sample_rate / 2, f"{path}.fmax",
                  f"{self.fmax} Hz is above half the sample rate ({self.sample_rate / 2} Hz)")
@@ -92,7 +95,8 @@ class DataConfig:
     features: str = "features"  # folder of the feature store
     workers: int = 2  # processes used by `metatts prepare`
     val_speakers: int = 2  # meta-validation speakers
-    test_speakers: int = 4  # meta-test (held-out) speakers
+    # meta-test (held-out) speakers; -1: every eligible speaker not validating, uncounted (a test-only store)
+    test_speakers: int = 4
     split_seed: int = 0  # seed of the speaker split
     min_utterances_per_speaker: int = 10  # speakers with fewer usable utterances are left out of the splits
     val_utterances: int = 1  # utterances per meta-train speaker held out for validation loss
@@ -109,8 +113,8 @@ class DataConfig:
                  f"unknown layout {self.layout!r}; choose auto, libritts, vctk, kaldi or folder")
         _require(self.vctk_mic in ("mic1", "mic2"), f"{path}.vctk_mic", f"must be mic1 or mic2, got {self.vctk_mic!r}")
         _require(self.workers >= 1, f"{path}.workers", "must be at least 1")
-        _require(self.val_speakers >= 0 and self.test_speakers >= 0, f"{path}.val_speakers",
-                 "speaker counts must be >= 0")
+        _require(self.val_speakers >= 0, f"{path}.val_speakers", "must be >= 0")
+        _require(self.test_speakers >= -1, f"{path}.test_speakers", "must be >= 0, or -1 for all speakers")
         _require(self.min_utterances_per_speaker >= 1, f"{path}.min_utterances_per_speaker", "must be at least 1")
         _require(self.val_utterances >= 0, f"{path}.val_utterances", "must be >= 0")
         _require(bool(self.textgrid_tier.strip()), f"{path}.textgrid_tier", "must name an interval tier")
@@ -128,6 +132,13 @@ MODEL_PRESETS: dict[str, dict] = {
               "speaker_dim": 256, "dropout": 0.2, "postnet": True},
     "custom": {},
 }
+
+
+# Upper bounds on model sizes: far above the paper preset, below sizes that would only exhaust memory. A typo
+# (hidden=25600) fails at load with the key path instead of allocating gigabytes.
+MODEL_LIMITS = {"hidden": 4096, "encoder_layers": 64, "decoder_layers": 64, "heads": 64, "conv_filter": 16384,
+                "conv_kernel": 63, "predictor_filter": 4096, "predictor_kernel": 63, "pitch_bins": 65536,
+                "energy_bins": 65536, "speaker_dim": 4096, "max_speakers": 1_000_000}
 
 
 @dataclass
@@ -173,6 +184,11 @@ class ModelConfig:
         _require(0 <= self.adapter_rank <= 64, f"{path}.adapter_rank", f"must be in 0..64, got {self.adapter_rank}")
         _require("adapters" not in self.speaker_groups or self.adapter_rank > 0, f"{path}.speaker_groups",
                  "the adapters group needs model.adapter_rank > 0")
+        for name, limit in MODEL_LIMITS.items():
+            value = getattr(self, name)
+            _require(value <= limit, f"{path}.{name}", f"{value} is beyond any sensible model (at most {limit})")
+        for name in ("conv_filter", "predictor_filter", "speaker_dim"):
+            _require(getattr(self, name) >= 1, f"{path}.{name}", "must be positive")
 
 
 # The size fields a preset decides (``preset_values``); the rest of ModelConfig is the recipe's.
@@ -247,7 +263,7 @@ class TrainConfig:
 
     def check(self, path: str = "train") -> None:
         _require(self.steps >= 0, f"{path}.steps", "must be >= 0")
-        _require(self.batch_size >= 1, f"{path}.batch_size", "must be at least 1")
+        _require(1 <= self.batch_size <= 65536, f"{path}.batch_size", "must be between 1 and 65536")
         _require(self.lr > 0, f"{path}.lr", "must be positive")
         _require(self.warmup_steps >= 0, f"{path}.warmup_steps", "must be >= 0")
         _require(self.grad_clip > 0, f"{path}.grad_clip", "must be positive")

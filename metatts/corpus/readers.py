@@ -51,7 +51,8 @@ _LAYOUT_HINTS = {
     "libritts": "<speaker>/<chapter>/<utt>.normalized.txt, optionally under subset folders",
     "folder": "metadata.csv, or <speaker>/<utt>.wav|.flac with <utt>.txt",
 }
-_LIBRITTS_TEXT = (".normalized.txt", ".original.txt")  # preference order
+LIBRITTS_TEXT = (".normalized.txt", ".original.txt")  # transcript beside <utt>.wav, in preference order
+_LIBRITTS_TEXT = LIBRITTS_TEXT
 _PROBE_WIDTH = 3  # directories looked into per level when detecting a layout, so detection stays instant
 
 

@@ -2,6 +2,7 @@
 
 How speakers are drawn: each eligible speaker gets a key, ``sha256(f"{seed}:{speaker}")``, and speakers are ranked
 by it; the first ``test_speakers`` are held out for testing, the next ``val_speakers`` validate, the rest train.
+``test_speakers = ALL`` (-1) holds out every eligible speaker that does not validate, without counting them.
 A per-speaker key, rather than one shuffle of the whole list, makes the split stable as a corpus changes: adding
 or removing one speaker moves at most one speaker between roles instead of reshuffling all of them. SHA-256
 rather than ``hash()`` or ``random`` so the same seed gives the same split on every machine and Python version.
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FORMAT_VERSION = 1
+ALL = -1  # test_speakers = ALL: every eligible speaker not validating is held out (a test-only store), uncounted
 
 
 class SplitError(ValueError):
@@ -118,12 +120,14 @@ def make_splits(speaker_counts: dict[str, int], val_speakers: int, test_speakers
     """Split speakers (speaker id -> usable utterances) into train/val/test; deterministic in ``seed``.
     Every speaker may be held out: a test-only store (LibriTTS test-clean beside a train-clean-100 one) is how a
     corpus's own test subset becomes a task suite; training on a store without train speakers fails clearly."""
-    if val_speakers < 0 or test_speakers < 0:
-        raise SplitError(f"speaker counts must be >= 0, got val_speakers={val_speakers}, "
-                         f"test_speakers={test_speakers}")
+    if val_speakers < 0 or (test_speakers < 0 and test_speakers != ALL):
+        raise SplitError(f"speaker counts must be >= 0 (test_speakers may be {ALL}: all), got "
+                         f"val_speakers={val_speakers}, test_speakers={test_speakers}")
     if min_utterances < 1:
         raise SplitError(f"min_utterances must be at least 1, got {min_utterances}")
     eligible, excluded = _eligibility(speaker_counts, min_utterances)
+    if test_speakers == ALL:
+        test_speakers = max(len(eligible) - val_speakers, 1)
     needed = max(1, val_speakers + test_speakers)
     if len(eligible) < needed:
         raise SplitError(
@@ -152,6 +156,8 @@ def load_or_make(path: str | os.PathLike[str], speaker_counts: dict[str, int], v
              "min_utterances": min_utterances}
     found = {"seed": saved.seed, "val_speakers": len(saved.val), "test_speakers": len(saved.test),
              "min_utterances": saved.min_utterances}
+    if test_speakers == ALL:  # "all" is not a count: a saved split fits when it held every speaker out but val
+        asked["test_speakers"] = found["test_speakers"] if not saved.train else "all"
     differ = [f"{key} {found[key]} (asked {asked[key]})" for key in asked if asked[key] != found[key]]
     if differ:
         raise SplitError(f"{path} was made with other settings: {', '.join(differ)}. Set the config to match, "

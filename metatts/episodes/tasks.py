@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import yaml
 
 from metatts.corpus.splits import SpeakerSplits
 from metatts.episodes.sampler import Episode, EpisodeSampler
@@ -87,10 +86,15 @@ def load_task_suite(path: str | Path, *, features: str | Path | None = None) -> 
     path = Path(path)
     if not path.is_file():
         raise TaskSuiteError(f"task suite {path} does not exist")
+    from metatts.config import ConfigError
+    from metatts.config.load import load_yaml
+
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise TaskSuiteError(f"{path}: not valid YAML: {error}") from error
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))  # no tags, no aliases, one-line errors
+    except UnicodeDecodeError as error:
+        raise TaskSuiteError(f"{path}: not UTF-8 text ({error.reason})") from None
+    except ConfigError as error:
+        raise TaskSuiteError(str(error)) from None
     if not isinstance(data, dict):
         raise TaskSuiteError(f"{path}: the top level must be a mapping of suite keys")
     fields = {f.name: f for f in dataclasses.fields(TaskSuite)}

@@ -54,6 +54,7 @@ from metatts.evaluation.stats import clean
 from metatts.features.store import FeatureStore, StoreError
 from metatts.runtime.checkpoint import CheckpointError, CheckpointMeta, read_meta
 from metatts.runtime.env import machine_info, resolve_device
+from metatts.runtime.outputs import safe_name
 from metatts.vocoder import load_vocoder
 
 SETTINGS = {
@@ -186,7 +187,7 @@ def _write_waves(folder: Path, speaker: str, waves: Sequence[np.ndarray], rate: 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for n, wave in enumerate(waves):
-        path = folder / f"{speaker}-{n}.wav"
+        path = folder / f"{safe_name(speaker)}-{n}.wav"  # speaker ids are corpus data, never paths
         sf.write(path, np.clip(wave, -1.0, 1.0), rate, subtype="PCM_16")
         paths.append(str(path))
     return paths

@@ -52,6 +52,7 @@ from metatts.features.store import (
     write_atomic,
     write_features,
 )
+from metatts.runtime.outputs import claim_folder
 from metatts.text.normalize import normalize_text
 from metatts.text.phonemes import Phonemizer
 from metatts.text.symbols import SymbolTable
@@ -241,16 +242,31 @@ def textgrid_phones(tier: Tier, summary: FileSummary, config: Config, source: st
     return PhoneDurations(phones=phones, durations=np.asarray(durations, dtype=np.int64))
 
 
+STORE_KIND = "feature store"
+
+
+def _is_older_store(root: Path) -> bool:
+    """A store prepared before output markers existed: its report.json is a prepare report."""
+    try:
+        report = json.loads((root / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and {f.name for f in dataclasses.fields(PrepareReport)} <= set(report)
+
+
 def prepare(config: Config, *, progress: bool = True, log=print) -> PrepareReport:
-    """Prepare the corpus named by ``config.data`` into the store at ``config.data.features``."""
+    """Prepare the corpus named by ``config.data`` into the store at ``config.data.features``: a new or empty
+    folder, or a store this made before (re-runs reuse its work); any other folder is refused, unchanged."""
     wall = time.perf_counter()
     root = Path(config.data.features)
+    if root.exists():  # refuse a foreign folder before reading the corpus; a new one is made once it is read
+        claim_folder(root, STORE_KIND, flag="--out (data.features)", adopt=_is_older_store)
     scan = read_corpus(config.data.corpus, layout=config.data.layout, vctk_mic=config.data.vctk_mic,
                        name=config.data.name)
     report = PrepareReport(corpus=str(config.data.corpus), layout=scan.layout, store=str(root))
     report.found = len(scan.utterances) + len(scan.skipped)
     skipped: list[Skipped] = list(scan.skipped)
-    root.mkdir(parents=True, exist_ok=True)
+    claim_folder(root, STORE_KIND, flag="--out (data.features)", adopt=_is_older_store)
     for stale in root.glob("utts/*/.*.tmp-*"):
         stale.unlink(missing_ok=True)  # left by a killed run; never read as features
 
@@ -353,6 +369,11 @@ def prepare(config: Config, *, progress: bool = True, log=print) -> PrepareRepor
         return {"log_f0_mean": f0.mean, "log_f0_std": f0.std, "energy_mean": energy.mean,
                 "energy_std": energy.std, "utterances": int(count)}
 
+    # The split first: a saved one that no longer fits raises before any store file is rewritten.
+    counts = {name: int(values[2].n) for name, values in per_speaker.items()}
+    splits = load_or_make(root / "splits.json", counts, val_speakers=config.data.val_speakers,
+                          test_speakers=config.data.test_speakers, seed=config.data.split_seed,
+                          min_utterances=config.data.min_utterances_per_speaker)
     write_atomic(root / "stats.json", json.dumps({
         "global": stats(global_f0, global_energy, len(entries)),
         "speakers": {name: stats(f0, energy, count.n) for name, (f0, energy, count) in sorted(per_speaker.items())},
@@ -360,10 +381,6 @@ def prepare(config: Config, *, progress: bool = True, log=print) -> PrepareRepor
     # The base table is fixed (stable ids across corpora); symbols it lacks are appended in sorted order.
     symbols = SymbolTable().extended(sorted(new_symbols))
     write_atomic(root / "symbols.json", symbols.to_json())
-    counts = {name: int(values[2].n) for name, values in per_speaker.items()}
-    splits = load_or_make(root / "splits.json", counts, val_speakers=config.data.val_speakers,
-                          test_speakers=config.data.test_speakers, seed=config.data.split_seed,
-                          min_utterances=config.data.min_utterances_per_speaker)
     save_config(config, root / "config.yaml")
     write_atomic(root / "manifest.jsonl", "".join(json.dumps(dataclasses.asdict(e)) + "\n" for e in entries))
 

@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from metatts.runtime.outputs import atomic_path, safe_name
 
 # Bump when the content of feature files changes for the same audio and config: every file is re-extracted.
 # 2: the metadata holds the trimmed leading seconds (TextGrid times are shifted by it).
@@ -60,9 +61,8 @@ def cache_key(audio_digest: str, audio_config: dict) -> str:
 def write_atomic(path: Path, text: str) -> None:
     """Write text so that a reader sees either the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 @dataclass
@@ -138,26 +138,21 @@ class FileSummary:
 
 
 def feature_path(root: Path, speaker: str, utt_id: str) -> Path:
-    return Path(root) / "utts" / _safe(speaker) / f"{_safe(utt_id)}.safetensors"
-
-
-def _safe(name: str) -> str:
-    # Speaker and utterance ids come from user corpora; keep them from escaping the store.
-    return name.replace(os.sep, "_").replace("..", "_") or "_"
+    # Speaker and utterance ids come from user corpora: data, never paths (safe_name keeps them inside the store).
+    return Path(root) / "utts" / safe_name(speaker) / f"{safe_name(utt_id)}.safetensors"
 
 
 def write_features(path: Path, features: UtteranceFeatures, summary: FileSummary) -> None:
     """Write one utterance's features atomically (temporary name, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tensors = {
         "mel": features.mel.contiguous().float(),
         "pitch": features.pitch.contiguous().float(),
         "voiced": features.voiced.contiguous().to(torch.uint8),
         "energy": features.energy.contiguous().float(),
     }
-    save_file(tensors, str(tmp), metadata=summary.to_metadata())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=summary.to_metadata())
 
 
 def read_summary(path: Path) -> FileSummary | None:
@@ -171,13 +166,24 @@ def read_summary(path: Path) -> FileSummary | None:
 
 
 def read_features(path: Path) -> UtteranceFeatures:
-    with safe_open(str(path), framework="pt") as handle:
-        return UtteranceFeatures(
-            mel=handle.get_tensor("mel"),
-            pitch=handle.get_tensor("pitch"),
-            voiced=handle.get_tensor("voiced").bool(),
-            energy=handle.get_tensor("energy"),
-        )
+    """One utterance's arrays; a missing, truncated or foreign file raises ``StoreError`` naming it."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            features = UtteranceFeatures(
+                mel=handle.get_tensor("mel"),
+                pitch=handle.get_tensor("pitch"),
+                voiced=handle.get_tensor("voiced").bool(),
+                energy=handle.get_tensor("energy"),
+            )
+    except Exception as error:  # noqa: BLE001 - SafetensorError, OSError, a missing tensor: the file is unusable
+        raise StoreError(f"{path}: damaged or missing feature file ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else 'unreadable'}); re-run `metatts prepare`"
+                         ) from None
+    frames = features.mel.shape[-1] if features.mel.dim() == 2 else -1
+    if frames < 0 or any(t.dim() != 1 or t.shape[0] != frames for t in (features.pitch, features.voiced,
+                                                                        features.energy)):
+        raise StoreError(f"{path}: feature arrays of inconsistent shapes; re-run `metatts prepare`")
+    return features
 
 
 @dataclass
@@ -205,20 +211,107 @@ class SpeakerStats:
     utterances: int
 
 
+# ---- readers: every file of a store is checked here, and any damage is one StoreError naming the file ---------
+
+_ENTRY_TYPES = {"id": str, "speaker": str, "text": str, "phonemes": list, "frames": int, "seconds": (int, float),
+                "path": str, "audio_path": str, "corpus": str}
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise StoreError(f"{path.parent} is not a complete feature store (no {path.name}): re-run `metatts prepare`")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise StoreError(f"{path}: unreadable ({error}); re-run `metatts prepare`") from None
+
+
+def _entry(raw, source: str) -> ManifestEntry:
+    if not isinstance(raw, dict):
+        raise StoreError(f"{source}: not a manifest entry (a JSON {type(raw).__name__})")
+    unknown = sorted(set(raw) - set(_ENTRY_TYPES) - {"durations"})
+    if unknown:
+        raise StoreError(f"{source}: unknown field {unknown[0]!r}")
+    for name, kind in _ENTRY_TYPES.items():
+        value = raw.get(name)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise StoreError(f"{source}: field {name!r} is missing or of the wrong type ({str(value)[:40]!r})")
+    entry = ManifestEntry(**raw)
+    if not all(isinstance(p, str) for p in entry.phonemes) or not entry.phonemes:
+        raise StoreError(f"{source}: phonemes must be a non-empty list of symbol strings")
+    if entry.frames < 1:
+        raise StoreError(f"{source}: frames must be positive, got {entry.frames}")
+    if entry.durations is not None and (not isinstance(entry.durations, list) or len(entry.durations) !=
+                                        len(entry.phonemes) or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                                       and d >= 0 for d in entry.durations)
+                                        or sum(entry.durations) != entry.frames):
+        raise StoreError(f"{source}: durations must be one count >= 0 per phoneme summing to frames")
+    parts = Path(entry.path).parts
+    # The feature file's path is data from a file anyone may edit: it must stay inside the store's utts/ folder.
+    if Path(entry.path).is_absolute() or not parts or parts[0] != "utts" or ".." in parts:
+        raise StoreError(f"{source}: path {entry.path!r} is not a feature file inside the store (utts/...)")
+    return entry
+
+
+def read_manifest(path: Path) -> list[ManifestEntry]:
+    """``manifest.jsonl``: one checked entry per line; ids unique."""
+    entries, seen = [], set()
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except ValueError as error:
+            raise StoreError(f"{path}:{number}: not a JSON line ({error}); re-run `metatts prepare`") from None
+        entry = _entry(raw, f"{path}:{number}")
+        if entry.id in seen:
+            raise StoreError(f"{path}:{number}: utterance id {entry.id!r} appears twice")
+        seen.add(entry.id)
+        entries.append(entry)
+    return entries
+
+
+def _speaker_stats(value, source: str) -> SpeakerStats:
+    names = [f.name for f in dataclasses.fields(SpeakerStats)]
+    if not isinstance(value, dict) or sorted(value) != sorted(names):
+        raise StoreError(f"{source}: expected the fields {', '.join(names)}")
+    for name in names:
+        number = value[name]
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise StoreError(f"{source}.{name}: expected a finite number, got {number!r}")
+    return SpeakerStats(**value)
+
+
+def read_stats(path: Path) -> tuple[SpeakerStats, dict[str, SpeakerStats]]:
+    """``stats.json``: (global statistics, per-speaker statistics)."""
+    try:
+        stats = json.loads(_read_text(path))
+    except ValueError as error:
+        raise StoreError(f"{path}: not valid JSON ({error}); re-run `metatts prepare`") from None
+    if not isinstance(stats, dict) or not isinstance(stats.get("speakers"), dict):
+        raise StoreError(f"{path}: not a store's statistics (no global and speakers sections)")
+    return (_speaker_stats(stats.get("global"), f"{path}: global"),
+            {name: _speaker_stats(value, f"{path}: speakers.{name}") for name, value in stats["speakers"].items()})
+
+
 class FeatureStore:
-    """Read access to a prepared feature store."""
+    """Read access to a prepared feature store; every file is checked when it is read (see the readers above)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         manifest = self.root / "manifest.jsonl"
         if not manifest.is_file():
             raise StoreError(f"{self.root} is not a prepared feature store (no manifest.jsonl): run `metatts prepare`")
-        self.entries = [ManifestEntry(**json.loads(line)) for line in manifest.read_text().splitlines() if line]
+        self.entries = read_manifest(manifest)
         self.by_id = {entry.id: entry for entry in self.entries}
-        stats = json.loads((self.root / "stats.json").read_text())
-        self.global_stats = SpeakerStats(**stats["global"])
-        self.speaker_stats = {name: SpeakerStats(**value) for name, value in stats["speakers"].items()}
-        self.symbols_json = (self.root / "symbols.json").read_text()
+        self.global_stats, self.speaker_stats = read_stats(self.root / "stats.json")
+        self.symbols_json = _read_text(self.root / "symbols.json")
+        try:
+            table = json.loads(self.symbols_json)
+        except ValueError as error:
+            raise StoreError(f"{self.root / 'symbols.json'}: not valid JSON ({error})") from None
+        if not isinstance(table, dict) or not isinstance(table.get("symbols"), list):
+            raise StoreError(f"{self.root / 'symbols.json'}: not a symbol table")
 
     def speakers(self) -> dict[str, list[ManifestEntry]]:
         grouped: dict[str, list[ManifestEntry]] = {}

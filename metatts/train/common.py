@@ -70,11 +70,17 @@ def restore_training_state(checkpoint: str | Path, optimizer, schedule, scaler) 
     from metatts.runtime.checkpoint import load_state
     from metatts.runtime.env import restore_rng_state
 
+    from metatts.runtime.checkpoint import CheckpointError
+
     state = load_state(checkpoint)
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{Path(checkpoint) / 'state.pt'} does not fit this run (another config or model?): "
+                              f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
     return state
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from metatts.corpus.splits import SpeakerSplits, SplitError, load_or_make, make_splits
+from metatts.corpus.splits import ALL, SpeakerSplits, SplitError, load_or_make, make_splits
 
 COUNTS = {f"s{i:02d}": 20 for i in range(30)} | {"tiny1": 3, "tiny2": 9}
 
@@ -122,3 +122,21 @@ def test_real_corpus_split(speechocean):
     counts = read_corpus(speechocean).speakers()
     splits = make_splits(counts, val_speakers=4, test_speakers=8, seed=0, min_utterances=10)
     assert (len(splits.train), len(splits.val), len(splits.test), splits.excluded) == (84, 4, 8, {})
+
+
+def test_a_test_only_store_holds_out_every_speaker_without_counting_them(tmp_path):
+    counts = {"a": 12, "b": 11, "c": 3, "d": 10}  # c lost utterances to a length filter: excluded, not counted
+    splits = make_splits(counts, val_speakers=0, test_speakers=ALL, seed=0, min_utterances=10)
+    assert splits.test == ["a", "b", "d"] and splits.train == [] and "c" in splits.excluded
+    path = tmp_path / "splits.json"
+    assert load_or_make(path, counts, 0, ALL, 0, 10) == splits
+    assert load_or_make(path, counts, 0, ALL, 0, 10).test == ["a", "b", "d"]  # reused: the same settings
+    with pytest.raises(SplitError, match="other settings"):
+        load_or_make(path, counts, 0, 2, 0, 10)
+    with pytest.raises(SplitError, match="must be >= 0"):
+        make_splits(counts, 0, -2, 0, 10)
+    from metatts.config import ConfigError, config_from_dict
+
+    assert config_from_dict({}, ["data.test_speakers=-1"]).data.test_speakers == ALL
+    with pytest.raises(ConfigError, match="data.test_speakers"):
+        config_from_dict({}, ["data.test_speakers=-2"])

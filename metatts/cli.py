@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -171,7 +172,7 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     out = check_new_file(args.out, overwrite=args.overwrite, replaceable=is_voice_pack, what="voice pack")
     tts = load(args.checkpoint, device=args.device)
     groups = [g.strip() for item in args.groups or [] for g in item.split(",") if g.strip()] or None
-    allowed = adaptable_groups(tts.config.model.speaker_groups)
+    allowed = adaptable_groups(dataclasses.asdict(tts.config.model))
     if groups and any(g not in allowed for g in groups):
         bad = next(g for g in groups if g not in allowed)
         raise UserError(f"--groups {bad}: a voice pack holds only speaker groups of this checkpoint "

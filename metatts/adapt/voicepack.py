@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,9 +73,11 @@ def tensors_digest(params: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def adaptable_groups(speaker_groups: Sequence[str]) -> list[str]:
-    """The groups a voice pack of a checkpoint may hold: the new-speaker slot and the config's speaker groups."""
-    return list(dict.fromkeys([*SPEAKER_GROUPS, *speaker_groups]))
+def adaptable_groups(model_config: Mapping) -> list[str]:
+    """The groups a voice pack of a checkpoint may hold (``model_config``: its ``model`` config section): the
+    new-speaker slot, the config's speaker groups, and the low-rank adapters when the model has them."""
+    adapters = ["adapters"] if int(model_config.get("adapter_rank", 0) or 0) > 0 else []
+    return list(dict.fromkeys([*SPEAKER_GROUPS, *model_config.get("speaker_groups", []), *adapters]))
 
 
 def save_voice_pack(path: str | Path, pack: VoicePack, *, force: bool = False) -> Path:
@@ -140,7 +142,7 @@ def load_voice_pack(path: str | Path, checkpoint: str | Path, model: torch.nn.Mo
     if metadata["base_checkpoint"] != expected:
         raise VoicePackError(f"{path} was adapted from another checkpoint (weights {metadata['base_checkpoint'][:12]}"
                              f"), not {checkpoint} ({expected[:12]}): adapt the voice again on this checkpoint")
-    adaptable = adaptable_groups(read_meta(checkpoint).config.get("model", {}).get("speaker_groups", []))
+    adaptable = adaptable_groups(read_meta(checkpoint).config.get("model", {}))
     not_adaptable = [g for g in groups if g not in adaptable]
     if not_adaptable:
         raise VoicePackError(f"{path} declares {', '.join(not_adaptable)}, which a voice pack of {checkpoint} may not "

@@ -1,0 +1,257 @@
+"""The HTTP side of `metatts serve`: one static page, a JSON API, the listening page of an evaluation.
+
+Framework: Starlette (with uvicorn and python-multipart), the ASGI toolkit FastAPI is built on, used directly.
+Five endpoints with hand-checked inputs need neither FastAPI's pydantic models nor its generated docs, whose pages
+load Swagger UI from a CDN (this server must work offline); and Gradio, what GPT-SoVITS or XTTS demos use, brings a
+large front end, telemetry and share links that would all have to be turned off. What is left is small: routes,
+multipart parsing with limits, and a thread pool for the model work so the event loop keeps answering (page,
+health, progress, voices) while adaptations and syntheses run.
+
+    GET  /                      the page (static/index.html: plain HTML + JS, no external resource)
+    GET  /api/health            model, limits, jobs in flight
+    GET  /api/prompts           sentences to read aloud when recording
+    POST /api/adapt             multipart: clips (files), transcripts (one field per clip), steps, name, job
+    GET  /api/jobs/{id}         progress of a job (the page polls it during an adaptation)
+    POST /api/synthesize        JSON {text, voice, alpha} -> audio/wav
+    GET  /api/voices            saved voice packs
+    POST /api/voices            multipart: pack (a voice pack file), name -> stored after validation
+    GET  /api/voices/{id}       the pack file
+    GET  /evaluation/...        the listening page of --evaluation and its audio files
+
+Every error is JSON {"error": message, "status": code} with the matching status; a bug is logged with its
+traceback on the server and answered 500 with a one-line message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from metatts.serve.service import Job, ServeError, Upload, VoiceService
+
+STATIC = Path(__file__).resolve().parent / "static"
+JSON_BODY_BYTES = 64 << 10  # a synthesis request is a short JSON object
+
+
+def _error(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status, **extra}, status_code=status, headers=headers)
+
+
+def _prompts() -> list[str]:
+    from metatts.corpus.sentences import WRITTEN
+
+    return list(WRITTEN)
+
+
+class Server:
+    """Routes over a ``VoiceService`` (None: only the listening page) and an evaluation folder (None: none)."""
+
+    def __init__(self, service: VoiceService | None, evaluation: str | Path | None = None):
+        if service is None and evaluation is None:
+            raise ValueError("give a checkpoint (the voice page) or an evaluation folder (the listening page)")
+        self.service = service
+        self.evaluation = Path(evaluation) if evaluation is not None else None
+        if self.evaluation is not None and not (self.evaluation / "results.json").is_file():
+            raise FileNotFoundError(f"{self.evaluation / 'results.json'} does not exist: --evaluation takes the "
+                                    f"output folder of a finished `metatts evaluate`")
+        workers = service.limits.max_jobs if service is not None else 1
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metatts-job")
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _need_model(self) -> VoiceService:
+        if self.service is None:
+            raise ServeError(503, "this server was started without --checkpoint: only the listening page is served")
+        return self.service
+
+    def _check_body(self, request: Request, limit: int) -> None:
+        # A page on another site may post a form to a server on 127.0.0.1 (browsers send such simple requests
+        # without asking); they carry that site's Origin, which must then be this server.
+        origin = request.headers.get("origin")
+        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+            raise ServeError(403, f"requests from {origin} are refused: use the page this server serves")
+        length = request.headers.get("content-length")
+        if length is None:
+            raise ServeError(411, "send the request with a Content-Length header")
+        if not length.isdigit():
+            raise ServeError(400, "bad Content-Length header")
+        if int(length) > limit:
+            raise ServeError(413, f"the request is {int(length) / (1 << 20):.1f} MB; this server takes at most "
+                                  f"{limit / (1 << 20):.1f} MB per request (--max-upload-mb)")
+
+    async def _run(self, job: Job, work):
+        """Run ``work`` in the pool; the job is closed however it ends."""
+        loop = asyncio.get_running_loop()
+
+        def call():
+            try:
+                result = work()
+            except ServeError as error:
+                self.service.close_job(job, error.message)
+                raise
+            except Exception as error:
+                self.service.close_job(job, f"internal error: {type(error).__name__}")
+                raise
+            self.service.close_job(job)
+            return result
+
+        return await loop.run_in_executor(self.pool, call)
+
+    async def _form(self, request: Request, max_files: int):
+        try:
+            return await request.form(max_files=max_files, max_fields=2 * max_files + 10)
+        except HTTPException as error:  # malformed multipart, too many parts
+            raise ServeError(400, f"bad multipart form: {error.detail}") from error
+
+    # ------------------------------------------------------------------------------------------ routes
+    async def index(self, request: Request) -> Response:
+        if self.service is None:
+            return RedirectResponse("/evaluation/")
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    async def health(self, request: Request) -> Response:
+        body = self.service.health() if self.service is not None else {"status": "ok", "checkpoint": None}
+        body["evaluation"] = str(self.evaluation) if self.evaluation is not None else None
+        return JSONResponse(body)
+
+    async def prompts(self, request: Request) -> Response:
+        return JSONResponse({"prompts": _prompts()})
+
+    async def adapt(self, request: Request) -> Response:
+        service = self._need_model()
+        self._check_body(request, service.limits.max_upload_bytes)
+        form = await self._form(request, service.limits.max_clips + 10)
+        uploads = []
+        for item in form.getlist("clips"):
+            if isinstance(item, str):
+                raise ServeError(400, "'clips' must be files (multipart file fields), not text")
+            uploads.append(Upload(filename=item.filename or "clip", data=await item.read()))
+        transcripts = [t for t in form.getlist("transcripts")]
+        if any(not isinstance(t, str) for t in transcripts):
+            raise ServeError(400, "'transcripts' must be text fields, one per clip")
+        raw_steps = form.get("steps", "10")
+        try:
+            steps = int(str(raw_steps))
+        except ValueError:
+            raise ServeError(400, f"steps must be a whole number, got {str(raw_steps)[:20]!r}") from None
+        name = form.get("name")
+        name = name if isinstance(name, str) else None
+        job_id = form.get("job") if isinstance(form.get("job"), str) and form.get("job") else None
+        job = service.open_job("adapt", job_id)
+        result = await self._run(job, lambda: service.adapt(uploads, transcripts, steps, job, name=name))
+        job.result = {"voice": result["voice"]}
+        return JSONResponse({**result, "job": job.id})
+
+    async def job(self, request: Request) -> Response:
+        return JSONResponse(self._need_model().job(request.path_params["job"]).to_dict())
+
+    async def synthesize(self, request: Request) -> Response:
+        service = self._need_model()
+        self._check_body(request, JSON_BODY_BYTES + 4 * service.limits.max_text_chars)
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            raise ServeError(400, "the body must be JSON: {\"text\": \"...\", \"voice\": id or null, "
+                                  "\"alpha\": 0..1}") from None
+        if not isinstance(body, dict):
+            raise ServeError(400, "the body must be a JSON object with text, voice and alpha")
+        unknown = sorted(set(body) - {"text", "voice", "alpha"})
+        if unknown:
+            raise ServeError(400, f"unknown field {unknown[0]!r}: a synthesis takes text, voice and alpha")
+        voice = body.get("voice")
+        if voice is not None and not isinstance(voice, str):
+            raise ServeError(400, "voice must be a voice id (a string) or null for the initialization")
+        text, alpha = body.get("text"), body.get("alpha", 1.0)
+        job = service.open_job("synthesize")
+        wav, info = await self._run(job, lambda: service.synthesize(text, voice, alpha, job))
+        return Response(wav, media_type="audio/wav", headers={
+            "X-Audio-Seconds": str(info["seconds"]), "Content-Disposition": 'inline; filename="speech.wav"'})
+
+    async def voices(self, request: Request) -> Response:
+        return JSONResponse({"voices": self._need_model().list_voices()})
+
+    async def add_voice(self, request: Request) -> Response:
+        service = self._need_model()
+        self._check_body(request, service.limits.max_upload_bytes)
+        form = await self._form(request, 2)
+        pack = form.get("pack")
+        if pack is None or isinstance(pack, str):
+            raise ServeError(400, "send the voice pack file as the multipart field 'pack'")
+        name = form.get("name")
+        upload = Upload(filename=pack.filename or "pack", data=await pack.read())
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self.pool, lambda: service.add_pack(
+            upload, name if isinstance(name, str) and name else None))
+        return JSONResponse(result, status_code=201)
+
+    async def voice_file(self, request: Request) -> Response:
+        voice_id = request.path_params["voice"]
+        path = self._need_model().existing_pack(voice_id)
+        return FileResponse(path, media_type="application/octet-stream", filename=f"{voice_id}.safetensors")
+
+    async def evaluation_page(self, request: Request) -> Response:
+        if self.evaluation is None:
+            raise ServeError(404, "no evaluation: start the server with --evaluation E/ (a `metatts evaluate` folder)")
+        from metatts.evaluation.listening import render_listening_page
+
+        html = await asyncio.get_running_loop().run_in_executor(None, render_listening_page, self.evaluation)
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    async def evaluation_file(self, request: Request) -> Response:
+        """Audio of the evaluation: .wav files under its samples/ folder, nothing else."""
+        if self.evaluation is None:
+            raise ServeError(404, "no evaluation")
+        root = (self.evaluation / "samples").resolve()
+        path = (self.evaluation / request.path_params["path"]).resolve()
+        if not path.is_relative_to(root) or path.suffix.lower() != ".wav" or not path.is_file():
+            raise ServeError(404, "not an audio sample of this evaluation")
+        return FileResponse(path, media_type="audio/wav")
+
+    # ------------------------------------------------------------------------------------------ the app
+    def app(self) -> Starlette:
+        async def serve_error(request: Request, error: ServeError) -> Response:
+            return JSONResponse(error.to_dict(), status_code=error.status, headers=error.headers)
+
+        async def http_error(request: Request, error: HTTPException) -> Response:
+            return _error(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
+
+        async def bug(request: Request, error: Exception) -> Response:
+            # Starlette re-raises the error after this answer, so the server (uvicorn) logs its traceback.
+            return _error(500, f"internal error ({type(error).__name__}); the server log has the details")
+
+        routes = [
+            Route("/", self.index),
+            Route("/api/health", self.health),
+            Route("/api/prompts", self.prompts),
+            Route("/api/adapt", self.adapt, methods=["POST"]),
+            Route("/api/jobs/{job}", self.job),
+            Route("/api/synthesize", self.synthesize, methods=["POST"]),
+            Route("/api/voices", self.voices, methods=["GET"]),
+            Route("/api/voices", self.add_voice, methods=["POST"]),
+            Route("/api/voices/{voice}", self.voice_file),
+            Route("/evaluation", lambda request: RedirectResponse("/evaluation/")),
+            Route("/evaluation/", self.evaluation_page),
+            Route("/evaluation/{path:path}", self.evaluation_file),
+        ]
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app):
+            yield
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+        return Starlette(routes=routes, lifespan=lifespan,
+                         exception_handlers={ServeError: serve_error, HTTPException: http_error, Exception: bug})
+
+
+def create_app(service: VoiceService | None, evaluation: str | Path | None = None) -> Starlette:
+    """The ASGI app (for uvicorn, or starlette.testclient.TestClient in tests)."""
+    return Server(service, evaluation).app()

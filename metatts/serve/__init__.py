@@ -49,7 +49,7 @@ def run_server(checkpoint: str | Path | None, *, host: str = "127.0.0.1", port: 
     try:
         import uvicorn
 
-        from metatts.serve.app import create_app
+        from metatts.serve.app import LOOPBACK_NAMES, create_app
     except ImportError as error:
         raise ImportError(f"metatts serve needs the web extra: pip install 'metatts[web]' ({error})") from error
     service = None
@@ -58,7 +58,9 @@ def run_server(checkpoint: str | Path | None, *, host: str = "127.0.0.1", port: 
 
         tts = load(checkpoint, device=device, vocoder=vocoder)
         service = VoiceService(tts, voices, limits)
-    app = create_app(service, evaluation)
+    # Bound to loopback, only loopback names are answered (a guard against DNS rebinding); bound to an address the
+    # network reaches, the names it is reached by are not known here.
+    app = create_app(service, evaluation, hosts=LOOPBACK_NAMES if is_loopback(host) else None)
     sock = bind(host, port)
     shown_host, shown_port = sock.getsockname()[:2]
     url = f"http://{'[' + shown_host + ']' if ':' in shown_host else shown_host}:{shown_port}/"

@@ -27,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -53,10 +55,36 @@ def _prompts() -> list[str]:
     return list(WRITTEN)
 
 
-class Server:
-    """Routes over a ``VoiceService`` (None: only the listening page) and an evaluation folder (None: none)."""
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
-    def __init__(self, service: VoiceService | None, evaluation: str | Path | None = None):
+
+class HostGuard:
+    """Answer only requests addressed to one of ``names`` (the Host header without its port). A server bound to
+    127.0.0.1 takes only loopback names: a web page whose domain an attacker re-points at 127.0.0.1 (DNS rebinding)
+    would otherwise count as same-origin and could read the voices and use the model."""
+
+    def __init__(self, app, names: Sequence[str]):
+        self.app, self.names = app, set(names)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            name = host.split("]")[0] + "]" if host.startswith("[") else host.rsplit(":", 1)[0]
+            if name not in self.names:
+                response = _error(400, f"this server answers requests for {', '.join(sorted(self.names))} only, "
+                                       f"not {host[:60]!r}")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class Server:
+    """Routes over a ``VoiceService`` (None: only the listening page) and an evaluation folder (None: none);
+    ``hosts``: the Host names answered (None: any)."""
+
+    def __init__(self, service: VoiceService | None, evaluation: str | Path | None = None,
+                 hosts: Sequence[str] | None = None):
+        self.hosts = list(hosts) if hosts is not None else None
         if service is None and evaluation is None:
             raise ValueError("give a checkpoint (the voice page) or an evaluation folder (the listening page)")
         self.service = service
@@ -248,10 +276,12 @@ class Server:
             yield
             self.pool.shutdown(wait=False, cancel_futures=True)
 
-        return Starlette(routes=routes, lifespan=lifespan,
+        middleware = [Middleware(HostGuard, names=self.hosts)] if self.hosts is not None else []
+        return Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                          exception_handlers={ServeError: serve_error, HTTPException: http_error, Exception: bug})
 
 
-def create_app(service: VoiceService | None, evaluation: str | Path | None = None) -> Starlette:
-    """The ASGI app (for uvicorn, or starlette.testclient.TestClient in tests)."""
-    return Server(service, evaluation).app()
+def create_app(service: VoiceService | None, evaluation: str | Path | None = None,
+               hosts: Sequence[str] | None = None) -> Starlette:
+    """The ASGI app (for uvicorn); ``hosts``: Host names answered, e.g. ``LOOPBACK_NAMES`` (None: any)."""
+    return Server(service, evaluation, hosts).app()

@@ -333,6 +333,20 @@ def test_errors_are_json_with_the_right_status(live, adapted):
     assert request(f"{url}/api/adapt", "POST", body=body, headers=head).status == 400
 
 
+def test_a_loopback_server_answers_loopback_names_only(tts, tmp_path):
+    from metatts.serve.app import LOOPBACK_NAMES
+
+    server = LiveServer(create_app(VoiceService(tts, tmp_path / "voices"), hosts=LOOPBACK_NAMES))
+    try:
+        port = server.url.rsplit(":", 1)[1]
+        assert request(f"{server.url}/api/health").status == 200
+        assert request(f"{server.url}/api/health", headers={"Host": f"localhost:{port}"}).status == 200
+        reply = request(f"{server.url}/api/voices", headers={"Host": f"rebound.example:{port}"})
+        assert reply.status == 400 and "rebound.example" in reply.json()["error"]
+    finally:
+        server.close()
+
+
 def test_a_bug_is_a_500_json_without_traceback(tts, tmp_path, monkeypatch):
     service, server = _serve(tts, tmp_path / "voices")
 

@@ -29,6 +29,7 @@ import contextlib
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -56,6 +57,20 @@ def _prompts() -> list[str]:
 
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+@dataclass
+class Form:
+    """A parsed multipart form: (field, text or Upload) in the order sent."""
+
+    items: list[tuple[str, str | Upload]]
+
+    def getlist(self, key: str) -> list[str | Upload]:
+        return [v for k, v in self.items if k == key]
+
+    def text(self, key: str, default: str = "") -> str:
+        """The first text value of a field (a file sent there counts as absent)."""
+        return next((v for k, v in self.items if k == key and isinstance(v, str)), default)
 
 
 class HostGuard:
@@ -134,11 +149,22 @@ class Server:
 
         return await loop.run_in_executor(self.pool, call)
 
-    async def _form(self, request: Request, max_files: int):
+    async def _form(self, request: Request, max_files: int) -> "Form":
+        """The multipart form, files read into memory (the body is capped by _check_body) and the parser's
+        temporary files closed."""
         try:
-            return await request.form(max_files=max_files, max_fields=2 * max_files + 10)
+            form = await request.form(max_files=max_files, max_fields=2 * max_files + 10)
         except HTTPException as error:  # malformed multipart, too many parts
             raise ServeError(400, f"bad multipart form: {error.detail}") from error
+        try:
+            items = []
+            for key, value in form.multi_items():
+                if not isinstance(value, str):
+                    value = Upload(filename=value.filename or key, data=await value.read())
+                items.append((key, value))
+        finally:
+            await form.close()
+        return Form(items)
 
     # ------------------------------------------------------------------------------------------ routes
     async def index(self, request: Request) -> Response:
@@ -158,22 +184,19 @@ class Server:
         service = self._need_model()
         self._check_body(request, service.limits.max_upload_bytes)
         form = await self._form(request, service.limits.max_clips + 10)
-        uploads = []
-        for item in form.getlist("clips"):
-            if isinstance(item, str):
-                raise ServeError(400, "'clips' must be files (multipart file fields), not text")
-            uploads.append(Upload(filename=item.filename or "clip", data=await item.read()))
-        transcripts = [t for t in form.getlist("transcripts")]
+        uploads = form.getlist("clips")
+        if any(isinstance(u, str) for u in uploads):
+            raise ServeError(400, "'clips' must be files (multipart file fields), not text")
+        transcripts = form.getlist("transcripts")
         if any(not isinstance(t, str) for t in transcripts):
             raise ServeError(400, "'transcripts' must be text fields, one per clip")
-        raw_steps = form.get("steps", "10")
+        raw_steps = form.text("steps", "10")
         try:
-            steps = int(str(raw_steps))
+            steps = int(raw_steps)
         except ValueError:
-            raise ServeError(400, f"steps must be a whole number, got {str(raw_steps)[:20]!r}") from None
-        name = form.get("name")
-        name = name if isinstance(name, str) else None
-        job_id = form.get("job") if isinstance(form.get("job"), str) and form.get("job") else None
+            raise ServeError(400, f"steps must be a whole number, got {raw_steps[:20]!r}") from None
+        name = form.text("name") or None
+        job_id = form.text("job") or None
         job = service.open_job("adapt", job_id)
         result = await self._run(job, lambda: service.adapt(uploads, transcripts, steps, job, name=name))
         job.result = {"voice": result["voice"]}
@@ -211,14 +234,12 @@ class Server:
         service = self._need_model()
         self._check_body(request, service.limits.max_upload_bytes)
         form = await self._form(request, 2)
-        pack = form.get("pack")
-        if pack is None or isinstance(pack, str):
+        upload = form.getlist("pack")[:1]
+        if not upload or isinstance(upload[0], str):
             raise ServeError(400, "send the voice pack file as the multipart field 'pack'")
-        name = form.get("name")
-        upload = Upload(filename=pack.filename or "pack", data=await pack.read())
+        upload, name = upload[0], form.text("name") or None
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self.pool, lambda: service.add_pack(
-            upload, name if isinstance(name, str) and name else None))
+        result = await loop.run_in_executor(self.pool, lambda: service.add_pack(upload, name))
         return JSONResponse(result, status_code=201)
 
     async def voice_file(self, request: Request) -> Response:

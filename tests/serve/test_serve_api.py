@@ -6,6 +6,7 @@ with the right status."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -331,6 +332,18 @@ def test_errors_are_json_with_the_right_status(live, adapted):
     assert reply.status == 409 and "already in use" in reply.json()["error"]
     body, head = multipart([("transcripts", "a"), ("job", "no/slash")], [("clips", "a.wav", b"x")])
     assert request(f"{url}/api/adapt", "POST", body=body, headers=head).status == 400
+    body, head = multipart([("clips", "not a file"), ("transcripts", "a")], [])
+    reply = request(f"{url}/api/adapt", "POST", body=body, headers=head)
+    assert reply.status == 400 and "must be files" in reply.json()["error"]
+    # A body without a length (chunked) cannot be checked against --max-upload-mb before it is read.
+    import http.client
+
+    host, port = url.split("//")[1].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("POST", "/api/adapt", body=iter([body]), headers=head, encode_chunked=True)
+    answer = connection.getresponse()
+    assert answer.status == 411 and "Content-Length" in json.loads(answer.read())["error"]
+    connection.close()
 
 
 def test_a_loopback_server_answers_loopback_names_only(tts, tmp_path):
@@ -388,9 +401,13 @@ def test_serve_command_binds_localhost_and_says_so(serve_runs, tmp_path):
                                text=True, env=env)
     try:
         lines = []
-        reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
-        reader.start()
-        deadline = time.monotonic() + 60
+
+        def read():
+            for output in process.stdout:
+                lines.append(output)
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + 300  # importing torch and loading the model, on a machine that may be busy
         while not any("serving on" in line for line in lines) and time.monotonic() < deadline:
             assert process.poll() is None, "".join(lines)
             time.sleep(0.1)

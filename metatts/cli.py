@@ -286,6 +286,7 @@ def _is_older_evaluation(path: Path) -> bool:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from metatts.evaluation.harness import METHODS, run_evaluation
+    from metatts.evaluation.listening import write_listening_page
     from metatts.runtime.outputs import claim_folder
 
     methods = [m.strip() for item in args.methods or METHODS for m in item.split(",") if m.strip()]
@@ -303,8 +304,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         values = results.mean("similarity", method)
         print(method.ljust(10) + "".join(f"{values[k]:8.3f}" if math.isfinite(values[k]) else f"{'-':>8}"
                                          for k in results.steps))
-    print(f"wrote {out / 'results.json'}, results.md, similarity.png, eer.png, samples/, tb/ "
-          f"({results.seconds:.0f} s)")
+    write_listening_page(out)
+    print(f"wrote {out / 'results.json'}, results.md, similarity.png, eer.png, samples/, tb/, index.html (listening "
+          f"page) ({results.seconds:.0f} s)")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -349,6 +351,26 @@ def cmd_align(args: argparse.Namespace) -> None:
             plot_alignment(alignment.soft[0, :frames, :phonemes], tmp, durations=alignment.durations[0, :phonemes],
                            title=utt_id, phonemes=store.by_id[utt_id].phonemes)
         print(target)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from metatts.serve import Limits, run_server
+
+    if not args.checkpoint and not args.evaluation:
+        raise UserError("give --checkpoint (the voice page) and/or --evaluation E/ (the listening page of an "
+                        "evaluation)")
+    limits = Limits(max_clips=args.max_clips, max_clip_seconds=args.max_clip_seconds, max_upload_mb=args.max_upload_mb,
+                    max_text_chars=args.max_text_chars, max_steps=args.max_steps, max_jobs=args.max_jobs)
+    limits.check()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        run_server(args.checkpoint, host=args.host, port=args.port, voices=args.voices, evaluation=args.evaluation,
+                   limits=limits, device=args.device, vocoder=args.vocoder)
+    except (ImportError, OSError) as error:
+        raise UserError(str(error)) from error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -512,6 +534,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads for the timings (default 2)")
     p.add_argument("--runs", type=int, default=3, help="timed adaptation runs after a warm-up (default 3)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="a local web page and JSON API: clone a voice from a few clips and hear it; "
+                                     "the listening page of an evaluation")
+    p.add_argument("--checkpoint", help="checkpoint folder (e.g. runs/demo/meta/checkpoint)")
+    p.add_argument("--evaluation", metavar="E", help="also serve the listening page of this `metatts evaluate` folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    p.add_argument("--voices", default="voices", help="folder of saved voice packs (default ./voices)")
+    p.add_argument("--vocoder", default=None, help="hifigan (default; Griffin-Lim if absent), griffinlim, or a path")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--max-clips", type=int, default=20, help="clips per adaptation (default 20)")
+    p.add_argument("--max-clip-seconds", type=float, default=30.0, help="seconds per clip (default 30)")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="megabytes per request (default 50)")
+    p.add_argument("--max-text-chars", type=int, default=1000, help="characters per synthesis (default 1000)")
+    p.add_argument("--max-steps", type=int, default=200, help="adaptation steps per request (default 200)")
+    p.add_argument("--max-jobs", type=int, default=2,
+                   help="adaptations and syntheses at once, running or waiting; more are refused (default 2)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

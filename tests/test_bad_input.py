@@ -34,7 +34,7 @@ from metatts.corpus.splits import SpeakerSplits, SplitError
 from metatts.episodes.tasks import TaskSuiteError, load_task_suite
 from metatts.features.prepare import prepare
 from metatts.features.store import FeatureStore, StoreError, read_features
-from metatts.meta.outer_loop import load_inner_lr
+from metatts.checkpoints import load_inner_lr
 from metatts.runtime.checkpoint import CheckpointError, load_state, load_weights, read_meta
 from metatts.runtime.outputs import safe_name
 from metatts.text.chunks import MAX_CHUNK_CHARS

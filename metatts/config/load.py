@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from metatts.config.schema import MODEL_PRESETS, Config, ConfigError
+from metatts.config.schema import MODEL_PRESETS, Config, ConfigError, migrate_legacy_keys
 
 
 def _coerce(value: Any, annotation: Any, path: str) -> Any:
@@ -85,6 +85,7 @@ def config_from_dict(data: dict | None, overrides: list[str] | tuple[str, ...] =
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {part} is not a section")
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    migrate_legacy_keys(merged)
     model = merged.get("model")
     if isinstance(model, dict) and model.get("preset") in MODEL_PRESETS:
         # A preset fills the model sizes the recipe leaves out; keys the recipe sets win.

@@ -37,7 +37,6 @@ import hashlib
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -60,6 +59,7 @@ from metatts.model.batch import Batch
 from metatts.model.losses import FastSpeech2Loss, LossTerms, LossWeights
 from metatts.runtime.checkpoint import CheckpointError, CheckpointMeta, load_weights, read_meta, save_checkpoint
 from metatts.runtime.env import resolve_device, rng_state, seed_everything, set_threads
+from metatts.runtime.precision import autocast, grad_scaler, inner_loss_scale, resolve_precision
 from metatts.train.common import (RunData, build_model, checkpoint_meta, compute_record, load_for_store,
                                   restore_training_state, warmup_inverse_sqrt)
 
@@ -98,13 +98,14 @@ class TaskLoss:
 
 def task_loss(model: nn.Module, support: Batch, query: Batch, lr: float | Mapping[str, Tensor],
               groups: Sequence[str], *, steps: int, first_order: bool = False,
-              loss: FastSpeech2Loss | None = None) -> TaskLoss:
+              loss: FastSpeech2Loss | None = None, loss_scale: float | None = None) -> TaskLoss:
     """k inner steps on the support from the model's own φ_0, then the query losses at φ_k. Differentiable into
-    every parameter of ``model`` and into ``lr`` (second order unless ``first_order``)."""
+    every parameter of ``model`` and into ``lr`` (second order unless ``first_order``). ``loss_scale``: the inner
+    loss scale under fp16 autocast (``metatts.runtime.precision.inner_loss_scale``)."""
     loss = loss or FastSpeech2Loss()
     fast = select_parameters(model, groups)
     inner = adapt(make_loss_fn(model, None, (support,), lambda out: loss(out, support).total), fast, steps, lr,
-                  first_order=first_order)
+                  first_order=first_order, loss_scale=loss_scale)
     return TaskLoss(query=loss(functional_call(model, inner.fast, (query,)), query), support=inner.losses)
 
 
@@ -306,8 +307,8 @@ def _meta_train(config: Config, run: Path, context: mdist.DistContext, main: boo
     optimizer = torch.optim.Adam(_param_groups(model, groups, inner_lr, meta), betas=(0.9, 0.98), eps=1e-9)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                  lambda s: warmup_inverse_sqrt(s, meta.warmup_steps))
-    amp = config.train.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    precision = resolve_precision(config.train.precision, device)
+    scaler = grad_scaler(device, precision)  # fp16 only; it scales the inner loop's loss too (task_loss below)
     start_step, skipped, consecutive_bad = 0, 0, 0
     resumed_extra: dict | None = None  # the resumed checkpoint's metadata extras (its compute record)
 
@@ -395,7 +396,7 @@ def _meta_train(config: Config, run: Path, context: mdist.DistContext, main: boo
                     torch.manual_seed(_task_seed(config.train.seed, step, index))
                     support = aligned_batch(model, data.collator, episode.support, device)
                     query = data.collator(list(episode.query), new_speaker=True).to(device)
-                    with torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext():
+                    with autocast(device, precision):
                         # On the query the aligner runs with a graph: its forward-sum loss trains it, and its
                         # (detached) MAS durations drive the query pass.
                         alignment = model.aligner(query.phonemes, query.phoneme_lengths, query.mels,
@@ -405,9 +406,12 @@ def _meta_train(config: Config, run: Path, context: mdist.DistContext, main: boo
                         # α = exp(log α) is rebuilt per task: each task's backward frees its graph.
                         lr = inner_lr.as_dict() if inner_lr is not None else meta.inner_lr
                         task = task_loss(model, support, query, lr, groups, steps=meta.inner_steps,
-                                         first_order=meta.first_order, loss=loss_fn)
+                                         first_order=meta.first_order, loss=loss_fn,
+                                         loss_scale=inner_loss_scale(scaler))
                         objective = task.query.total + loss_fn.weights.forward_sum * aligner
-                    if not bool(torch.isfinite(objective)):
+                    # fp16: a non-finite loss is (nearly always) the loss scale overflowing the inner backward. It is
+                    # back-propagated like any fp16 overflow, so the scaler skips the step and backs off.
+                    if not scaler.is_enabled() and not bool(torch.isfinite(objective)):
                         bad_reason = f"non-finite loss in the task of speaker {episode.speaker}"
                         break
                     scaler.scale(objective / meta.meta_batch).backward()
@@ -424,7 +428,7 @@ def _meta_train(config: Config, run: Path, context: mdist.DistContext, main: boo
                 mdist.all_reduce_gradients(params, average=False)
                 scaler.unscale_(optimizer)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip))
-                if not amp and not math.isfinite(grad_norm):
+                if not scaler.is_enabled() and not math.isfinite(grad_norm):
                     bad, bad_reason = True, "non-finite meta-gradient"
             done = step + 1
             if bad:

@@ -245,7 +245,7 @@ def _loop_config(store: Path, precision: str, *extra: str):
                                  "meta.inner_steps=2", "meta.val_tasks=0", "train.batch_size=4", *extra])
 
 
-@pytest.mark.slow  # ~15 s: an espeak store, then 4 meta-steps in fp16 and 3 training steps in bf16 on the CPU
+@pytest.mark.slow  # ~20 s: an espeak store, 4 meta-steps in fp16, 3 training steps in bf16, 1 more in fp16
 def test_meta_train_in_fp16_backs_off_instead_of_counting_bad_steps_and_train_runs_in_bf16(store, tmp_path):
     result = meta_train(_loop_config(store, "fp16", "meta.steps=4"), tmp_path / "meta", progress=False,
                         log=lambda *_: None)
@@ -259,3 +259,7 @@ def test_meta_train_in_fp16_backs_off_instead_of_counting_bad_steps_and_train_ru
     assert plain.step == 3 and plain.skipped_steps == 0
     assert all(torch.isfinite(t).all() for t in load_file(str(tmp_path / "train/checkpoint/model.safetensors"))
                .values())
+    # A run without a scaler (bf16) resumed in fp16 starts a fresh scaler instead of failing on the empty state.
+    resumed = train(_loop_config(store, "fp16", "train.steps=4"), tmp_path / "train", resume=True, progress=False,
+                    log=lambda *_: None)
+    assert resumed.step == 4 and float(load_state(tmp_path / "train/checkpoint")["scaler"]["scale"]) > 0

@@ -212,7 +212,7 @@ class TrainConfig:
     """Supervised multi-speaker training and run-time settings shared by training commands."""
 
     steps: int = 3000  # optimizer updates
-    batch_size: int = 16  # utterances per batch
+    batch_size: int = 16  # utterances per batch, per process under torchrun (global batch = batch_size x processes)
     lr: float = 1e-3  # peak Adam learning rate
     warmup_steps: int = 400  # linear warm-up to the peak learning rate
     grad_clip: float = 1.0  # global gradient-norm clip

@@ -102,6 +102,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     _claim_run(args, run, "train run", "train")
     result = train(config, run, resume=args.resume, init_from=args.init_from, progress=not args.quiet,
                    vocoder=_vocoder_or_none(args.vocoder, config))
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun rank 0 reports
     last_val = result.val_losses[-1]["mel"] if result.val_losses else float("nan")
     first_val = result.val_losses[0]["mel"] if result.val_losses else float("nan")
     print(f"trained {result.step} steps in {result.seconds:.0f} s; validation mel L1 {first_val:.3f} -> "

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from metatts.config.schema import MODEL_PRESETS, Config, ConfigError
+from metatts.config.schema import MODEL_PRESETS, Config, ConfigError, migrate_legacy_keys
 
 
 class _SafeNoAliasLoader(yaml.SafeLoader):
@@ -120,6 +120,7 @@ def config_from_dict(data: dict | None, overrides: list[str] | tuple[str, ...] =
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {part} is not a section")
         node[parts[-1]] = load_yaml(raw, f"--set {item}") if raw.strip() else ""
+    migrate_legacy_keys(merged)
     model = merged.get("model")
     if isinstance(model, dict) and model.get("preset") in MODEL_PRESETS:
         # A preset fills the model sizes the recipe leaves out; keys the recipe sets win.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # train.precision (metatts.runtime.precision implements them)
+
 
 class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type, or inconsistent; the message names the key path."""
@@ -247,13 +249,15 @@ class TrainConfig:
     """Supervised multi-speaker training and run-time settings shared by training commands."""
 
     steps: int = 3000  # optimizer updates
-    batch_size: int = 16  # utterances per batch
+    batch_size: int = 16  # utterances per batch, per process under torchrun (global batch = batch_size x processes)
     lr: float = 1e-3  # peak Adam learning rate
     warmup_steps: int = 400  # linear warm-up to the peak learning rate
     grad_clip: float = 1.0  # global gradient-norm clip
     seed: int = 1234  # seed of parameters, dropout and sampling
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision when on CUDA (ignored on CPU)
+    # fp32 | bf16 | fp16 | auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU); fp16 scales the
+    # inner loop's loss too (metatts/runtime/precision.py). Replaces `amp` (true reads as auto, false as fp32).
+    precision: str = "auto"
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     bin_loss_start: int = 1000  # step at which the aligner's binarization loss starts (after the soft alignment forms)
     bin_loss_ramp: int = 500  # steps over which the binarization loss weight ramps from 0 to 1
@@ -270,6 +274,8 @@ class TrainConfig:
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), f"{path}.device",
                  f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         _require(self.threads >= 0, f"{path}.threads", "must be >= 0")
+        _require(self.precision in PRECISIONS, f"{path}.precision",
+                 f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _require(self.bin_loss_start >= 0 and self.bin_loss_ramp >= 1, f"{path}.bin_loss_start",
                  "bin_loss_start must be >= 0 and bin_loss_ramp >= 1")
         _require(min(self.log_every, self.val_every, self.checkpoint_every) >= 1, f"{path}.log_every",
@@ -308,3 +314,23 @@ class Config:
         _require(self.meta.shots + self.meta.queries <= self.data.min_utterances_per_speaker, "meta.shots",
                  f"shots + queries = {self.meta.shots + self.meta.queries} is more than a speaker is guaranteed to "
                  f"have (data.min_utterances_per_speaker = {self.data.min_utterances_per_speaker})")
+
+
+def migrate_legacy_keys(data: dict) -> dict:
+    """Rewrite keys of earlier versions to their replacements, in place, before the typed build.
+
+    ``train.amp`` (true: fp16 autocast on CUDA, ignored on the CPU) became ``train.precision``: ``amp: true`` reads
+    as ``auto`` and ``amp: false`` as ``fp32``. A mapping rather than an error because every checkpoint and run folder
+    written so far stores its resolved config with ``amp`` in it, and ``metatts.api.load`` rebuilds the model from
+    that config: refusing the key would make every existing checkpoint unloadable. Setting both is an error.
+    """
+    train = data.get("train")
+    if isinstance(train, dict) and "amp" in train:
+        amp = train.pop("amp")
+        if "precision" in train:
+            raise ConfigError("train.amp: replaced by train.precision; remove train.amp")
+        if not isinstance(amp, bool):
+            raise ConfigError(f"train.amp: expected true or false, got {amp!r} (train.amp is replaced by "
+                              f"train.precision: {' | '.join(PRECISIONS)})")
+        train["precision"] = "auto" if amp else "fp32"
+    return data

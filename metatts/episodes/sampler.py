@@ -55,9 +55,12 @@ class BatchSampler:
         self._epoch_cache = (epoch, batches)
         return batches
 
-    def batch(self, step: int) -> list[str]:
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> list[str]:
+        """Batch ``step``; with ``world`` processes, rank ``rank``'s share of it: every ``world``-th utterance, so the
+        shares of a length-sorted batch have similar lengths. Build the sampler with the global batch size (per-process
+        size x world) and the ranks together cover exactly the batch one process would take."""
         batches = self._epoch(step // self.per_epoch)
-        return batches[step % len(batches)]
+        return batches[step % len(batches)][rank::world]
 
 
 class EpisodeSampler:

@@ -26,6 +26,13 @@ Three modes, chosen by who consumes the result:
 The L2 term pulls φ toward its initialization (L2-SP); its gradient is added analytically rather than through
 autograd because it is elementwise and exact. φ_0 in the anchor is the *attached* initialization, so the
 meta-gradient of an anchored episode is the true derivative (tested against finite differences).
+
+Loss scaling (fp16 autocast, ``loss_scale`` = S): each inner gradient is taken of S × L_support and divided by S,
+so the half-precision backward carries S times larger values and small gradients do not flush to zero. The
+division is on the tape, so a second-order outer backward through it is the true derivative (and runs at the outer
+loss's own scale). For a power of two S the result equals the unscaled one bit for bit in float32. A scale too large
+for the inner backward gives non-finite fast weights, hence a non-finite outer loss: the caller's ``GradScaler``
+skips that step and backs off (``metatts.runtime.precision``).
 """
 
 from __future__ import annotations
@@ -89,18 +96,21 @@ def _grads(loss: Tensor, params: list[Tensor], create_graph: bool) -> list[Tenso
 
 def adapt(loss_fn: LossFn, fast: Mapping[str, Tensor], steps: int, lr: float | Mapping[str, Tensor], *,
           first_order: bool = False, l2_anchor: float = 0.0, differentiable: bool = True,
-          anchor: Mapping[str, Tensor] | None = None) -> InnerResult:
+          anchor: Mapping[str, Tensor] | None = None, loss_scale: float | Tensor | None = None) -> InnerResult:
     """``steps`` SGD steps on ``loss_fn`` from ``fast``; see the module docstring for the three modes.
 
     ``lr`` is one float or, per fast weight, a tensor broadcastable to it (a scalar per tensor or one value per
     element -- :class:`metatts.meta.inner_lr.InnerLR` builds these). The input tensors are never modified.
     ``anchor`` is the φ_0 the L2 term pulls toward (default: ``fast``); a caller that adapts in pieces passes the
     first piece's start (no graph only: a second-order anchor must be the attached initialization).
+    ``loss_scale``: see "Loss scaling" in the module docstring (None: unscaled).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if l2_anchor < 0:
         raise ValueError(f"l2_anchor must be >= 0, got {l2_anchor}")
+    if loss_scale is not None and not isinstance(loss_scale, Tensor) and not loss_scale > 0:
+        raise ValueError(f"loss_scale must be positive, got {loss_scale}")
     names = list(fast)
     alpha = _per_name_lr(lr, fast)
     if not differentiable:
@@ -120,7 +130,11 @@ def adapt(loss_fn: LossFn, fast: Mapping[str, Tensor], steps: int, lr: float | M
             # graph is freed by autograd.grad. Second order: differentiate φ_i itself and keep the graph.
             inputs = phi if second_order else {n: t.detach().requires_grad_() for n, t in phi.items()}
             loss = loss_fn(inputs)
-            grads = _grads(loss, [inputs[n] for n in names], create_graph=second_order)
+            if loss_scale is None:
+                grads = _grads(loss, [inputs[n] for n in names], create_graph=second_order)
+            else:
+                scaled = _grads(loss * loss_scale, [inputs[n] for n in names], create_graph=second_order)
+                grads = [g / loss_scale for g in scaled]
         losses.append(loss.detach())
         with torch.set_grad_enabled(differentiable):
             updated = {}

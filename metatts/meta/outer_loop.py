@@ -55,6 +55,7 @@ from metatts.model.acoustic import select_parameters
 from metatts.model.losses import FastSpeech2Loss, LossWeights
 from metatts.runtime.checkpoint import CheckpointError, load_weights, read_meta
 from metatts.runtime.env import resolve_device, rng_state, seed_everything, set_threads
+from metatts.runtime.precision import grad_scaler, resolve_precision
 from metatts.train.common import (RunData, build_model, checkpoint_meta, compute_record, restore_training_state,
                                   warmup_inverse_sqrt)
 
@@ -167,12 +168,13 @@ def _set_up(config: Config, context: mdist.DistContext, log) -> _Setup:
                 if meta.learn_inner_lr else None)
     optimizer = torch.optim.Adam(_param_groups(model, groups, inner_lr, meta), betas=(0.9, 0.98), eps=1e-9)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_inverse_sqrt(s, meta.warmup_steps))
-    amp = config.train.amp and device.type == "cuda"
+    precision = resolve_precision(config.train.precision, device)
     settings = MetaStepSettings(groups=groups, inner_steps=meta.inner_steps, inner_lr=meta.inner_lr,
                                 first_order=meta.first_order, meta_batch=meta.meta_batch,
-                                grad_clip=config.train.grad_clip, amp=amp)
+                                grad_clip=config.train.grad_clip, precision=precision)
+    # fp16 only; the meta-step scales the inner loop's support loss by the same scale.
     return _Setup(data, sampler, val_episodes, model, inner_lr, optimizer, schedule,
-                  torch.amp.GradScaler("cuda", enabled=amp), settings, device)
+                  grad_scaler(device, precision), settings, device)
 
 
 def _restore(setup: _Setup, checkpoint: Path, init_from, resume: bool, log) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +31,7 @@ from metatts.meta.inner_lr import InnerLR
 from metatts.model.acoustic import select_parameters
 from metatts.model.batch import Batch
 from metatts.model.losses import FastSpeech2Loss, LossTerms
+from metatts.runtime.precision import autocast, inner_loss_scale
 
 QUERY_TERMS = ("mel", "postnet_mel", "duration", "pitch", "energy")  # FastSpeech 2 terms of the task losses
 
@@ -44,13 +44,14 @@ class TaskLoss:
 
 def task_loss(model: nn.Module, support: Batch, query: Batch, lr: float | Mapping[str, Tensor],
               groups: Sequence[str], *, steps: int, first_order: bool = False,
-              loss: FastSpeech2Loss | None = None) -> TaskLoss:
+              loss: FastSpeech2Loss | None = None, loss_scale: float | None = None) -> TaskLoss:
     """k inner steps on the support from the model's own φ_0, then the query losses at φ_k. Differentiable into
-    every parameter of ``model`` and into ``lr`` (second order unless ``first_order``)."""
+    every parameter of ``model`` and into ``lr`` (second order unless ``first_order``). ``loss_scale``: the inner
+    loss scale under fp16 autocast (``metatts.runtime.precision.inner_loss_scale``)."""
     loss = loss or FastSpeech2Loss()
     fast = select_parameters(model, groups)
     inner = adapt(make_loss_fn(model, None, (support,), lambda out: loss(out, support).total), fast, steps, lr,
-                  first_order=first_order)
+                  first_order=first_order, loss_scale=loss_scale)
     return TaskLoss(query=loss(functional_call(model, inner.fast, (query,)), query), support=inner.losses)
 
 
@@ -78,7 +79,7 @@ class MetaStepSettings:
     first_order: bool = False
     meta_batch: int | None = None  # B over all ranks (None: this rank's task count, i.e. one process)
     grad_clip: float = 1.0
-    amp: bool = False  # float16 autocast on CUDA
+    precision: str = "fp32"  # resolved ``train.precision`` (``metatts.runtime.precision.resolve_precision``)
 
 
 @dataclass
@@ -100,11 +101,12 @@ def _fork(device: torch.device):
 
 
 def task_objective(model: nn.Module, task: Task, settings: MetaStepSettings, lr, loss: FastSpeech2Loss,
-                   task_fn: TaskLossFn | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """L_task of one task (with graph) and its terms for logging. Runs under the caller's RNG state."""
+                   task_fn: TaskLossFn | None = None, loss_scale: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """L_task of one task (with graph) and its terms for logging. Runs under the caller's RNG state.
+    ``loss_scale``: the inner loss scale under fp16 autocast (``metatts.runtime.precision.inner_loss_scale``)."""
     support = task.support.with_durations(model.alignment(task.support).durations)
     query = task.query
-    with torch.autocast("cuda", dtype=torch.float16) if settings.amp else nullcontext():
+    with autocast(support.mels.device, settings.precision):
         # On the query the aligner runs with a graph: its forward-sum loss trains it, and its (detached) MAS
         # durations drive the query pass.
         alignment = model.aligner(query.phonemes, query.phoneme_lengths, query.mels, query.mel_lengths)
@@ -112,7 +114,7 @@ def task_objective(model: nn.Module, task: Task, settings: MetaStepSettings, lr,
         aligner = forward_sum_loss(alignment, loss.weights.blank_logprob)
         if task_fn is None:
             result = task_loss(model, support, query, lr, settings.groups, steps=settings.inner_steps,
-                               first_order=settings.first_order, loss=loss)
+                               first_order=settings.first_order, loss=loss, loss_scale=loss_scale)
         else:
             result = task_fn(model, support, query, lr)
         objective = result.query.total + loss.weights.forward_sum * aligner
@@ -136,14 +138,17 @@ def meta_step(model: nn.Module, tasks: Sequence[Task], optimizer: torch.optim.Op
     batch_size = settings.meta_batch or len(tasks)
     optimizer.zero_grad(set_to_none=True)
     stats = StepStats()
+    loss_scale = inner_loss_scale(scaler)  # one host read per meta-step
     for task in tasks:
         with _fork(device):
             if task.seed is not None:
                 torch.manual_seed(task.seed)
             # α = exp(log α) is rebuilt per task: each task's backward frees its graph.
             lr = inner_lr.as_dict() if inner_lr is not None else settings.inner_lr
-            objective, terms = task_objective(model, task, settings, lr, loss, task_fn)
-            if not bool(torch.isfinite(objective)):
+            objective, terms = task_objective(model, task, settings, lr, loss, task_fn, loss_scale)
+            # fp16: a non-finite loss is (nearly always) the loss scale overflowing the inner backward. It is
+            # back-propagated like any fp16 overflow, so the scaler skips the step and backs off.
+            if not scaler.is_enabled() and not bool(torch.isfinite(objective)):
                 stats.skipped = f"non-finite loss in the task of speaker {task.name or '?'}"
                 break
             scaler.scale(objective / batch_size).backward()
@@ -157,7 +162,7 @@ def meta_step(model: nn.Module, tasks: Sequence[Task], optimizer: torch.optim.Op
         mdist.all_reduce_gradients(params, average=False)
         scaler.unscale_(optimizer)
         stats.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip))
-        if not settings.amp and not math.isfinite(stats.grad_norm):
+        if not scaler.is_enabled() and not math.isfinite(stats.grad_norm):
             stats.skipped = "non-finite meta-gradient"
     if stats.skipped:
         # A non-finite step would poison Adam's moments: drop its gradients.

@@ -98,3 +98,19 @@ class FastSpeech2Loss:
     def phoneme_total(self, terms: LossTerms) -> Tensor:
         """The weighted terms that are means over phonemes: duration."""
         return self.weights.duration * terms.duration
+
+
+# What each term of FastSpeech2Loss averages over (its ``_masked_mean`` denominator, or the CTC batch mean).
+TERM_UNITS = {"mel": "frames", "postnet_mel": "frames", "duration": "phonemes", "pitch": "frames",
+              "energy": "frames", "forward_sum": "utterances", "bin": "frames"}
+UNITS = ("frames", "phonemes", "utterances")
+
+
+def unit_counts(batch: Batch) -> Tensor:
+    """``[frames, phonemes, utterances]`` of ``batch`` (float64, on its device), in the order of ``UNITS``.
+
+    A term's mean over a batch split into shards is Σ_shards term × count / Σ_shards count (count of its unit):
+    distributed training weights each rank's terms this way, so W ranks equal one process with their joint batch.
+    """
+    return torch.stack([batch.mel_lengths.sum(), batch.phoneme_lengths.sum(),
+                        torch.tensor(batch.size, device=batch.mel_lengths.device)]).double()

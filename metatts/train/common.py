@@ -76,7 +76,9 @@ def restore_training_state(checkpoint: str | Path, optimizer, schedule, scaler) 
     try:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"] or not scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+        # else: the run so far had no fp16 scaler (fp32 / bf16, or the CPU) and now has one: it starts fresh.
         restore_rng_state(state["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{Path(checkpoint) / 'state.pt'} does not fit this run (another config or model?): "

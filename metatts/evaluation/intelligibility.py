@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from metatts.evaluation.optional import ScorerUnavailable, require
-from metatts.features.audio import SILENCE_DBFS, AudioError, resample
+from metatts.features.audio import SILENCE_DBFS, scorer_input
 from metatts.text.normalize import normalize_text
 
 RECOGNIZER_SAMPLE_RATE = 16000  # the rate PocketSphinx's en-us acoustic model was trained on
@@ -153,15 +153,7 @@ class Recognizer:
         """The recognized words of a mono waveform at ``sample_rate`` (lower case, space separated; "" when
         nothing was recognized). A wave below -80 dBFS overall is digital silence and gives "" without decoding:
         PocketSphinx makes up a word for it. ``AudioError`` for an empty, non-mono or non-finite wave."""
-        wave = np.asarray(wave, dtype=np.float32)
-        if wave.ndim != 1:
-            raise AudioError(f"expected a mono waveform [T], got shape {wave.shape}")
-        if wave.size == 0:
-            raise AudioError("no samples (zero-length audio)")
-        if not np.isfinite(wave).all():
-            raise AudioError("samples are not finite (NaN or inf)")
-        # Synthesized audio can overshoot 1; int16 conversion would wrap it around.
-        wave = np.clip(resample(wave, sample_rate, RECOGNIZER_SAMPLE_RATE), -1.0, 1.0)
+        wave = scorer_input(wave, sample_rate, RECOGNIZER_SAMPLE_RATE)
         if np.sqrt(np.mean(np.square(wave, dtype=np.float64))) <= 10.0 ** (SILENCE_DBFS / 20.0):
             return ""
         pcm = np.round(wave * 32767.0).astype("<i2").tobytes()

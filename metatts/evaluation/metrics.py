@@ -27,7 +27,7 @@ import scipy.fft
 import torch
 
 from metatts.config.schema import AudioConfig
-from metatts.features.audio import SILENCE_DBFS, AudioError, SilentAudio, TooShort, resample
+from metatts.features.audio import SILENCE_DBFS, AudioError, SilentAudio, TooShort, resample, scorer_input
 from metatts.features.mel import MelSpectrogram
 from metatts.features.pitch import PitchTracker
 
@@ -94,15 +94,7 @@ class SpeakerEncoder:
         """The 16 kHz waveform the encoder sees (after Resemblyzer's volume normalization and VAD trimming).
 
         Raises ``AudioError`` (``SilentAudio``, ``TooShort``) for unusable input; see the class docstring."""
-        wave = np.asarray(wave, dtype=np.float32)
-        if wave.ndim != 1:
-            raise AudioError(f"expected a mono waveform [T], got shape {wave.shape}")
-        if wave.size == 0:
-            raise AudioError("no samples (zero-length audio)")
-        if not np.isfinite(wave).all():
-            raise AudioError("samples are not finite (NaN or inf)")
-        # Synthesized audio can overshoot 1; the VAD converts to int16, where an overshoot would wrap around.
-        wave = np.clip(resample(wave, sample_rate, ENCODER_SAMPLE_RATE), -1.0, 1.0)
+        wave = scorer_input(wave, sample_rate, ENCODER_SAMPLE_RATE)  # the VAD converts to int16
         rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64))))
         if rms <= 10.0 ** (SILENCE_DBFS / 20.0):
             raise SilentAudio(f"all silent (level below {SILENCE_DBFS:.0f} dBFS)")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from metatts.evaluation.optional import ScorerUnavailable, require
-from metatts.features.audio import AudioError, resample
+from metatts.features.audio import scorer_input
 
 DNSMOS_SAMPLE_RATE = 16000  # speechmos.dnsmos.SR: both networks take 16 kHz audio
 SCORER = "naturalness (DNSMOS)"
@@ -72,15 +72,7 @@ class Dnsmos:
     def score(self, wave: np.ndarray, sample_rate: int) -> DnsmosScore:
         """DNSMOS of a mono waveform at ``sample_rate``. ``AudioError`` for an empty, non-mono or non-finite wave
         (speechmos would loop forever doubling an empty clip)."""
-        wave = np.asarray(wave, dtype=np.float32)
-        if wave.ndim != 1:
-            raise AudioError(f"expected a mono waveform [T], got shape {wave.shape}")
-        if wave.size == 0:
-            raise AudioError("no samples (zero-length audio)")
-        if not np.isfinite(wave).all():
-            raise AudioError("samples are not finite (NaN or inf)")
-        # speechmos rejects samples outside [-1, 1]; synthesized audio can overshoot.
-        wave = np.clip(resample(wave, sample_rate, DNSMOS_SAMPLE_RATE), -1.0, 1.0)
+        wave = scorer_input(wave, sample_rate, DNSMOS_SAMPLE_RATE)  # speechmos rejects samples outside [-1, 1]
         result = self._model(wave, DNSMOS_SAMPLE_RATE, False)
         return DnsmosScore(sig=float(result["sig_mos"]), bak=float(result["bak_mos"]),
                            ovrl=float(result["ovrl_mos"]), p808=float(result["p808_mos"]))

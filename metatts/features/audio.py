@@ -56,6 +56,20 @@ def resample(y: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return soxr.resample(np.ascontiguousarray(y, dtype=np.float32), from_rate, to_rate, quality="HQ")
 
 
+def scorer_input(wave: np.ndarray, sample_rate: int, to_rate: int) -> np.ndarray:
+    """A waveform as an evaluation model takes it: mono, finite, resampled to ``to_rate`` and clipped to [-1, 1]
+    (synthesized audio can overshoot 1, and int16 conversions would wrap it around). ``AudioError`` for an empty,
+    non-mono or non-finite wave."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1:
+        raise AudioError(f"expected a mono waveform [T], got shape {wave.shape}")
+    if wave.size == 0:
+        raise AudioError("no samples (zero-length audio)")
+    if not np.isfinite(wave).all():
+        raise AudioError("samples are not finite (NaN or inf)")
+    return np.clip(resample(wave, sample_rate, to_rate), -1.0, 1.0)
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     """Read a wav/flac/ogg file (any rate, any channel count) as mono float32 at ``sample_rate``.
 

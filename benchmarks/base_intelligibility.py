@@ -80,7 +80,8 @@ def main() -> None:
 
     corpus = Path(config.data.corpus).name or "corpus"
     today = datetime.date.today().isoformat()
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"base-intelligibility-{corpus}-{today}.json"
+    default = ROOT / "benchmarks" / "results" / f"base-intelligibility-{corpus}-{today}.json"
+    out = Path(args.out) if args.out else default
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"date": today, "command": "python benchmarks/base_intelligibility.py " + " ".join(
                   f"--checkpoint {n}={p}" for n, p in named.items()) + f" --features {args.features}",

@@ -13,7 +13,6 @@ adapted from a few clips.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -172,7 +171,8 @@ class TTS:
                 # weights in memory (a training run saved over it): say so rather than blame the pack.
                 raise VoicePackError(f"{checkpoint} was rewritten since this model was loaded from it: load it again "
                                      f"(metatts.load) to use voice packs made for its current weights")
-            pack = load_voice_pack(voice, checkpoint, self.model)
+            with self._model_lock:  # it reads the model's parameters (see below)
+                pack = load_voice_pack(voice, checkpoint, self.model)
         elif isinstance(voice, Voice):
             pack = voice.pack
         elif isinstance(voice, VoicePack):
@@ -182,8 +182,11 @@ class TTS:
         if pack.base_checkpoint != self.weights_digest:
             raise VoicePackError(f"the voice was adapted from other weights ({pack.base_checkpoint[:12]}), not this "
                                  f"model's {self.checkpoint} ({self.weights_digest[:12]}): adapt it again here")
-        check_fits(pack.params, self.model)
-        return interpolate(pack.params, self.model, alpha)
+        # Under the model lock: an adaptation running meanwhile calls the model functionally, which re-points its
+        # parameters to the fast weights for the call, and φ0 read then would be that voice, not the slot.
+        with self._model_lock:
+            check_fits(pack.params, self.model)
+            return interpolate(pack.params, self.model, alpha)
 
     def _require_checkpoint(self, what: str) -> Path:
         if self.checkpoint is None or self.weights_digest is None:

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from metatts.config import ConfigError, load_config
+from metatts.config import load_config
 
 
 class UserError(Exception):

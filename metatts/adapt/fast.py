@@ -181,8 +181,6 @@ def adapt_voice(model: nn.Module, checkpoint: str | os.PathLike, clips: ClipSet,
     """Adapt ``groups`` (default: the config's ``model.speaker_groups``) of ``model`` -- the weights of
     ``checkpoint`` -- to ``clips`` with ``steps`` inner steps; see the module docstring. ``model`` is left as it
     was (its tensors and train/eval mode). ``digest``/``meta`` save re-reading the checkpoint when known."""
-    from metatts.config import config_from_dict
-
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     if steps < 0:

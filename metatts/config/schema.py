@@ -194,8 +194,8 @@ class ModelConfig:
 
 
 # The size fields a preset decides (``preset_values``); the rest of ModelConfig is the recipe's.
-PRESET_FIELDS = ("hidden", "encoder_layers", "decoder_layers", "heads", "conv_filter", "conv_kernel", "predictor_filter",
-                 "predictor_kernel", "pitch_bins", "energy_bins", "speaker_dim", "dropout", "postnet")
+PRESET_FIELDS = ("hidden", "encoder_layers", "decoder_layers", "heads", "conv_filter", "conv_kernel",
+                 "predictor_filter", "predictor_kernel", "pitch_bins", "energy_bins", "speaker_dim", "dropout", "postnet")
 
 
 def preset_values(name: str) -> dict:

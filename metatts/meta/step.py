@@ -101,7 +101,8 @@ def _fork(device: torch.device):
 
 
 def task_objective(model: nn.Module, task: Task, settings: MetaStepSettings, lr, loss: FastSpeech2Loss,
-                   task_fn: TaskLossFn | None = None, loss_scale: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                   task_fn: TaskLossFn | None = None,
+                   loss_scale: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """L_task of one task (with graph) and its terms for logging. Runs under the caller's RNG state.
     ``loss_scale``: the inner loss scale under fp16 autocast (``metatts.runtime.precision.inner_loss_scale``)."""
     support = task.support.with_durations(model.alignment(task.support).durations)

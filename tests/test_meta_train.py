@@ -24,6 +24,7 @@ from metatts.cli import main
 from metatts.config import config_from_dict
 from metatts.episodes.sampler import EpisodeSampler
 from metatts.features.prepare import prepare
+from metatts.features.store import FeatureStore
 from metatts.checkpoints import build_model, load_inner_lr
 from metatts.episodes.collate import aligned_batch
 from metatts.evaluation.curves import adaptation_curve
@@ -112,6 +113,25 @@ def test_weights_init_and_rates_move_at_their_own_outer_rates(store, tmp_path):
     log_rates = load_inner_lr(tmp_path / "run/checkpoint")["speaker.slot_norms"].log()
     step = float((log_rates - np.log(0.1)).abs().max())
     assert 3e-2 < step <= 4 * 3e-2 + 1e-6, step
+
+
+def test_adapters_as_fast_weights_are_meta_learned_and_adapt_with_learned_rates(store, tmp_path):
+    """The adapters group in the inner loop: meta-training moves their starting values (B leaves zero), learns a
+    rate for each of their tensors, and the meta checkpoint adapts them through the API into a pack."""
+    config = _config(store, 3, "model.adapter_rank=2", "meta.warmup_steps=1", "meta.val_tasks=0",
+                     "model.speaker_groups=[speaker_embedding,speaker_norms,adapters]")
+    result = meta_train(config, tmp_path / "run", **QUIET)
+    assert result.step == 3 and result.skipped_steps == 0
+    after = load_file(str(tmp_path / "run/checkpoint/model.safetensors"))
+    b = [n for n in after if n.endswith("lora_b")]
+    assert b and all(torch.count_nonzero(after[n]) > 0 for n in b)
+    lr = load_inner_lr(tmp_path / "run/checkpoint")
+    assert {n for n in lr if "_adapter." in n} == {n for n in after if "_adapter.lora_" in n}
+    tts = load(tmp_path / "run/checkpoint", device="cpu", vocoder="griffinlim")
+    entries = FeatureStore(store).entries[:3]
+    voice = tts.adapt([e.audio_path for e in entries], [e.text for e in entries], steps=2)  # the learned rates
+    assert {n for n in voice.pack.params if "_adapter." in n} == {n for n in after if "_adapter.lora_" in n}
+    assert any(not torch.equal(voice.pack.params[n], after[n]) for n in b)
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(store, tmp_path):

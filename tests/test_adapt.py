@@ -19,7 +19,6 @@ from metatts.cli import main
 from metatts.config import config_from_dict
 from metatts.episodes.collate import Normalizer
 from metatts.features.extract import FeatureExtractor
-from metatts.features.prepare import prepare
 from metatts.meta.inner_lr import InnerLR
 from metatts.model.acoustic import select_parameters
 from metatts.model.losses import FastSpeech2Loss
@@ -28,7 +27,7 @@ from metatts.text.normalize import normalize_text
 from metatts.text.phonemes import Phonemizer
 from metatts.text.symbols import SymbolTable
 from metatts.train.supervised import train
-from tiny import TEXTS, TINY_MODEL, synthesize_corpus
+from tiny import TEXTS, TINY_MODEL, tiny_store
 
 TINY = [*TINY_MODEL, "train.batch_size=4", "train.warmup_steps=2",
         "train.log_every=1", "train.val_every=1000", "train.checkpoint_every=1000", "train.threads=1",
@@ -44,12 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny model trained 20 steps on 3 espeak voices (p225 is never seen)."""
     root = tmp_path_factory.mktemp("adapt")
-    synthesize_corpus(root / "corpus", ("m1", "f2", "m3"), TEXTS[:4])
-    config = config_from_dict({}, [f"data.corpus={root / 'corpus'}", f"data.features={root / 'store'}",
-                                   "data.layout=folder", "data.workers=1", "data.val_speakers=0",
-                                   "data.test_speakers=0", "data.min_utterances_per_speaker=2", "meta.shots=1",
-                                   "meta.queries=1"])
-    prepare(config, **QUIET)
+    tiny_store(root, ("m1", "f2", "m3"), TEXTS[:4])
     train(config_from_dict({}, [f"data.features={root / 'store'}", "train.steps=20", *TINY]), root / "run", **QUIET)
     return root / "run" / "checkpoint"
 

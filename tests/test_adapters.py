@@ -13,13 +13,12 @@ from torch.func import functional_call
 from metatts.adapt.voicepack import VoicePackError, check_fits
 from metatts.api import load
 from metatts.config import config_from_dict
-from metatts.features.prepare import prepare
 from metatts.model import FastSpeech2Loss, select_parameters
 from metatts.model.acoustic import ADAPTER_MARK, AcousticModel
 from metatts.model.batch import NEW_SPEAKER
 from metatts.train.supervised import train
 from test_model import N_MELS, N_SYMBOLS, make_batch, small_config
-from tiny import TEXTS, TINY_MODEL, synthesize_corpus
+from tiny import TEXTS, TINY_MODEL, synthesize_corpus, tiny_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUIET = dict(progress=False, log=lambda *_: None)
@@ -78,14 +77,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """Two tiny checkpoints trained 10 steps on 2 espeak voices, one with rank-2 decoder adapters; clips of a
     third voice to adapt to."""
     root = tmp_path_factory.mktemp("adapters")
-    synthesize_corpus(root / "corpus", ("m1", "f2"), TEXTS[:4])
+    store = tiny_store(root, ("m1", "f2"), TEXTS[:4])
     synthesize_corpus(root / "clips", ("m3",), TEXTS[:3])
-    config = config_from_dict({}, [f"data.corpus={root / 'corpus'}", f"data.features={root / 'store'}",
-                                   "data.layout=folder", "data.workers=1", "data.val_speakers=0",
-                                   "data.test_speakers=0", "data.min_utterances_per_speaker=2", "meta.shots=1",
-                                   "meta.queries=1"])
-    prepare(config, **QUIET)
-    common = [f"data.features={root / 'store'}", "train.steps=10", "train.val_every=100", *TINY_MODEL]
+    common = [f"data.features={store}", "train.steps=10", "train.val_every=100", *TINY_MODEL]
     train(config_from_dict({}, [*common, "model.adapter_rank=2"]), root / "lora", **QUIET)
     train(config_from_dict({}, common), root / "plain", **QUIET)
     return {"lora": root / "lora" / "checkpoint", "plain": root / "plain" / "checkpoint", "clips": root / "clips"}

@@ -10,11 +10,10 @@ from safetensors.torch import load_file
 from metatts.api import SynthesisError, load
 from metatts.cli import main
 from metatts.config import config_from_dict
-from metatts.features.prepare import prepare
 from metatts.runtime.checkpoint import CheckpointError
 from metatts.train.common import SPEAKER_TABLES, RunData, build_model, warm_start
 from metatts.train.supervised import train
-from tiny import TEXTS, TINY_MODEL, synthesize_corpus
+from tiny import TEXTS, TINY_MODEL, tiny_store
 
 TINY = [*TINY_MODEL, "train.batch_size=4", "train.warmup_steps=2",
         "train.log_every=1", "train.val_every=3", "train.checkpoint_every=3", "train.threads=1"]
@@ -23,12 +22,7 @@ TINY = [*TINY_MODEL, "train.batch_size=4", "train.warmup_steps=2",
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train")
-    synthesize_corpus(root / "corpus", ("m1", "f2", "m3"), TEXTS[:4])
-    config = config_from_dict({}, [f"data.corpus={root / 'corpus'}", f"data.features={root / 'store'}",
-                                   "data.layout=folder", "data.workers=1", "data.val_speakers=0",
-                                   "data.test_speakers=0", "data.min_utterances_per_speaker=2", "meta.shots=1",
-                                   "meta.queries=1"])
-    prepare(config, progress=False, log=lambda *_: None)
+    tiny_store(root, ("m1", "f2", "m3"), TEXTS[:4])
     return root / "store"
 
 
@@ -67,12 +61,7 @@ def test_init_from_a_checkpoint_of_another_config_is_refused(store, tmp_path):
 def test_init_from_another_corpus_keeps_everything_but_its_speaker_table(store, tmp_path):
     """Pre-training on one corpus (the generated demo corpus), then training on another with other speakers."""
     train(_config(store, 2), tmp_path / "pre", progress=False, log=lambda *_: None)
-    synthesize_corpus(tmp_path / "corpus", ("f4", "m5"), TEXTS[:3])
-    other = config_from_dict({}, [f"data.corpus={tmp_path / 'corpus'}", f"data.features={tmp_path / 'store'}",
-                                  "data.layout=folder", "data.workers=1", "data.val_speakers=0",
-                                  "data.test_speakers=0", "data.min_utterances_per_speaker=2", "meta.shots=1",
-                                  "meta.queries=1"])
-    prepare(other, progress=False, log=lambda *_: None)
+    tiny_store(tmp_path, ("f4", "m5"), TEXTS[:3])
     config = _config(tmp_path / "store", 1)
     data = RunData.load(config)
     model = build_model(config, len(data.symbols), len(data.speakers))

@@ -12,13 +12,12 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from metatts.config import config_from_dict
-from metatts.features.prepare import prepare
 from metatts.runtime.checkpoint import read_meta
 from metatts.runtime.env import seed_everything
 from metatts.train.common import RunData, build_model
 from metatts.train.supervised import train
 from test_meta_distributed import _free_port
-from tiny import TEXTS, TINY_MODEL, synthesize_corpus
+from tiny import TEXTS, TINY_MODEL, tiny_store
 
 STEPS = 3
 # Dropout and the random routing of utterances to the new-speaker slot are off: each rank draws its own masks and
@@ -30,12 +29,7 @@ DETERMINISTIC = ["model.dropout=0", "model.new_speaker_prob=0"]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
-    synthesize_corpus(root / "corpus", ("m1", "f2", "m3"), TEXTS)
-    config = config_from_dict({}, [f"data.corpus={root / 'corpus'}", f"data.features={root / 'store'}",
-                                   "data.layout=folder", "data.workers=1", "data.val_speakers=0",
-                                   "data.test_speakers=0", "data.min_utterances_per_speaker=2", "meta.shots=1",
-                                   "meta.queries=1"])
-    prepare(config, progress=False, log=lambda *_: None)
+    tiny_store(root, ("m1", "f2", "m3"), TEXTS)
     return root / "store"
 
 

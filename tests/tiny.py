@@ -29,6 +29,21 @@ def synthesize_corpus(root: Path, voices: tuple[str, ...], texts: list[str]) -> 
     return root
 
 
+def tiny_store(root: Path, voices: tuple[str, ...], texts: list[str]) -> Path:
+    """``root/store``: the feature store of a ``synthesize_corpus`` corpus in ``root/corpus``, every speaker a
+    training speaker (no val/test split), at least 2 utterances each."""
+    from metatts.config import config_from_dict
+    from metatts.features.prepare import prepare
+
+    synthesize_corpus(root / "corpus", voices, texts)
+    config = config_from_dict({}, [f"data.corpus={root / 'corpus'}", f"data.features={root / 'store'}",
+                                   "data.layout=folder", "data.workers=1", "data.val_speakers=0",
+                                   "data.test_speakers=0", "data.min_utterances_per_speaker=2", "meta.shots=1",
+                                   "meta.queries=1"])
+    prepare(config, progress=False, log=lambda *_: None)
+    return root / "store"
+
+
 STATS = {"log_f0_mean": 5.0, "log_f0_std": 0.3, "energy_mean": 20.0, "energy_std": 10.0}
 
 

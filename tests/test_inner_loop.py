@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metatts.adapt.adapters import SGDAdapter
 from metatts.meta import InnerLR, adapt, fine_tune, make_loss_fn
 
 FAST = ("slot_embedding", "slot_norm")
@@ -141,6 +142,45 @@ def test_fast_weights_equal_a_hand_unrolled_update(episode):
     assert losses[-1] < losses[0]  # the steps do descend the support loss
 
 
+def hand_unrolled(model, support, rates: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """φ_1 … φ_k of plain SGD on the support loss, step i at ``rates[i]``, written out without the library."""
+    x, y = support
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    path = []
+    for rate in rates:
+        fast = {n: params[n].clone().requires_grad_() for n in FAST}
+        grads = torch.autograd.grad(mse(functional_call(model, {**params, **fast}, (x,)), y), list(fast.values()))
+        for n, g in zip(FAST, grads):
+            params[n] = params[n] - rate[n] * g
+        path.append({n: params[n] for n in FAST})
+    return path
+
+
+def test_per_step_rates_equal_a_hand_unrolled_update_and_the_last_is_reused(episode):
+    model, support, _ = episode
+    g = torch.Generator().manual_seed(5)
+    rates = [{"slot_embedding": torch.tensor(0.1 + 0.1 * i, dtype=torch.float64),
+              "slot_norm": 0.02 + 0.1 * torch.rand(2, 4, generator=g, dtype=torch.float64)} for i in range(STEPS)]
+    loss_fn = support_loss(model, support)
+    result = adapt(loss_fn, fast_of(model), STEPS + 2, rates, keep_path=True)
+    expected = hand_unrolled(model, support, rates + [rates[-1]] * 2)  # steps past the list reuse its last rate
+    assert len(result.path) == STEPS + 2 and result.path[-1] is result.fast
+    for got, want in zip(result.path, expected):
+        for n in FAST:
+            torch.testing.assert_close(got[n], want[n], rtol=1e-12, atol=1e-12)
+    # The rates really are per step: one shared rate gives other weights.
+    shared = adapt(loss_fn, fast_of(model), STEPS, rates[0]).fast
+    assert not torch.allclose(shared["slot_norm"], result.path[STEPS - 1]["slot_norm"])
+    # In pieces (what the test-time SGDAdapter does), each piece picks up the schedule where the last one stopped.
+    adapter = SGDAdapter(loss_fn, fast_of(model), rates)
+    adapter.advance(1)
+    adapter.advance(STEPS + 1)
+    for n in FAST:
+        torch.testing.assert_close(adapter.params()[n], expected[-1][n], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="at least one rate"):
+        adapt(loss_fn, fast_of(model), 1, [])
+
+
 def test_inputs_are_not_modified_and_no_graph_mode_matches(episode):
     model, support, _ = episode
     before = {n: p.detach().clone() for n, p in fast_of(model).items()}
@@ -173,18 +213,19 @@ def test_unused_fast_weight_is_kept_and_still_reaches_the_outer_gradient():
 
 # ----------------------------------------------------------------------------------------------- meta-gradients
 
+@pytest.mark.parametrize("per_step", [False, True])
 @pytest.mark.parametrize("mode", ["per_parameter", "per_tensor"])
-def test_second_order_meta_gradient_matches_finite_differences(episode, mode):
+def test_second_order_meta_gradient_matches_finite_differences(episode, mode, per_step):
     model, support, query = episode
-    inner_lr = InnerLR(fast_of(model), init=0.3, mode=mode).double()
+    inner_lr = InnerLR(fast_of(model), init=0.3, mode=mode, steps=STEPS if per_step else None).double()
     with torch.no_grad():  # distinct rates per element, so a mix-up between elements would show
         for raw in inner_lr.raw.values():
             raw.add_(0.2 * torch.randn_like(raw))
     tensors = list(model.parameters()) + list(inner_lr.parameters())
-    analytic = meta_grads(model, support, query, inner_lr.as_dict(), extra=list(inner_lr.parameters()))
+    analytic = meta_grads(model, support, query, inner_lr.rates(), extra=list(inner_lr.parameters()))
 
     def outer() -> float:
-        fast = adapt(support_loss(model, support), fast_of(model), STEPS, inner_lr.as_dict(), differentiable=False)
+        fast = adapt(support_loss(model, support), fast_of(model), STEPS, inner_lr.rates(), differentiable=False)
         return query_loss(model, query, fast.fast).item()
 
     assert_close_rel(analytic, finite_difference(outer, tensors))
@@ -303,6 +344,45 @@ def test_inner_lr_shapes_values_and_names():
     assert set(per_param.state_dict()) == {"raw.speaker__slot_embedding", "raw.speaker__slot_norms"}
     with pytest.raises(ValueError, match="positive"):
         InnerLR(fast, init=0.0)
+
+
+@pytest.mark.parametrize("mode", ["per_parameter", "per_tensor"])
+def test_per_step_inner_lr_shapes_and_file_round_trip(mode):
+    fast = {"speaker.slot_embedding": torch.zeros(4), "speaker.slot_norms": torch.zeros(2, 3)}
+    per_step = InnerLR(fast, init=0.1, mode=mode, steps=3)
+    with torch.no_grad():  # distinct values per step and element, so a mix-up would show
+        for raw in per_step.raw.values():
+            raw.add_(torch.randn_like(raw))
+    rates = per_step.rates()
+    assert len(rates) == 3
+    assert all({n: t.shape for n, t in r.items()} ==
+               {n: (t.shape if mode == "per_parameter" else ()) for n, t in fast.items()} for r in rates)
+    assert not torch.equal(rates[0]["speaker.slot_norms"], rates[1]["speaker.slot_norms"])
+    with pytest.raises(ValueError, match="rates()"):
+        per_step.as_dict()
+    info = per_step.file_info()
+    assert info["steps"] == 3
+    loaded = InnerLR.rates_from_file(per_step.state_dict(), info)
+    assert len(loaded) == 3 and all(torch.equal(a[n], b[n]) for a, b in zip(loaded, rates) for n in fast)
+    # A fresh module of the same config takes the saved state (resume) and then hands out the same rates.
+    again = InnerLR(fast, init=0.5, mode=mode, steps=3)
+    again.load_state_dict(per_step.state_dict())
+    assert all(torch.equal(a[n], b[n]) for a, b in zip(again.rates(), rates) for n in fast)
+    with pytest.raises(ValueError, match="not 4 steps"):
+        InnerLR.rates_from_file(per_step.state_dict(), {**info, "steps": 4})
+
+
+def test_a_rate_file_from_before_per_step_rates_still_loads():
+    # The metadata and tensors as files written before per-step rates existed: no "steps" entry, no step dimension.
+    info = {"mode": "per_parameter", "parameterization": "log", "names": ["speaker.slot_norms"]}
+    tensors = {"raw.speaker__slot_norms": torch.log(torch.tensor([[0.1, 0.2, 0.3]]))}
+    rates = InnerLR.rates_from_file(tensors, info)
+    assert isinstance(rates, dict)
+    torch.testing.assert_close(rates["speaker.slot_norms"], torch.tensor([[0.1, 0.2, 0.3]]))
+    shared = InnerLR({"speaker.slot_norms": torch.zeros(1, 3)}, init=0.1)
+    assert "steps" not in shared.file_info()  # the shared form still writes the old format
+    shared.load_state_dict(tensors)
+    torch.testing.assert_close(shared.as_dict()["speaker.slot_norms"], rates["speaker.slot_norms"])
 
 
 def test_log_parameterized_lr_stays_positive_under_a_large_outer_step():

@@ -5,10 +5,10 @@
     adapter.advance(5); phi10 = adapter.params()          # 10 steps: pieces add up to one run of 10
 
 ``SGDAdapter`` is ``inner_loop.adapt(..., differentiable=False)`` (the meta-trained inner loop: per-tensor or
-per-element rates, as a meta checkpoint learned them); ``AdamAdapter`` is ``inner_loop.FineTuner`` (what
-``fine_tune`` runs), whose moments are kept between ``advance`` calls. ``metatts adapt`` (``adapt_voice``), the
-adaptation curves, the evaluation harness and the API all adapt through these, so a step means the same thing
-everywhere. Every adapter records the support loss before each step it took (``losses``).
+per-element rates, shared or per step, as a meta checkpoint learned them); ``AdamAdapter`` is
+``inner_loop.FineTuner`` (what ``fine_tune`` runs), whose moments are kept between ``advance`` calls. ``metatts
+adapt`` (``adapt_voice``), the adaptation curves, the evaluation harness and the API all adapt through these, so a
+step means the same thing everywhere. Every adapter records the support loss before each step it took (``losses``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-from metatts.meta.inner_loop import FineTuner, LossFn, adapt
+from metatts.meta.inner_loop import FineTuner, LossFn, Rates, adapt
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -33,11 +33,12 @@ class Adapter(Protocol):
 
 
 class SGDAdapter:
-    """Plain SGD with the inner loop's rates (one float, or a tensor per fast weight); stateless, so it advances in
-    pieces. The L2 pull (``l2_anchor``) is always toward ``fast0``, however the steps are split."""
+    """Plain SGD with the inner loop's rates (one float, or a tensor per fast weight, or a per-step list of those:
+    step i takes entry i, steps past the list's end its last); stateless, so it advances in pieces, each piece
+    starting the rate schedule at the steps taken so far. The L2 pull (``l2_anchor``) is always toward ``fast0``,
+    however the steps are split."""
 
-    def __init__(self, loss_fn: LossFn, fast0: Mapping[str, Tensor], lr: float | Mapping[str, Tensor],
-                 l2_anchor: float = 0.0):
+    def __init__(self, loss_fn: LossFn, fast0: Mapping[str, Tensor], lr: Rates, l2_anchor: float = 0.0):
         self.loss_fn, self.lr, self.l2_anchor = loss_fn, lr, l2_anchor
         self.fast0 = {n: t.detach() for n, t in fast0.items()}
         self.fast = dict(self.fast0)
@@ -46,7 +47,7 @@ class SGDAdapter:
     def advance(self, steps: int) -> None:
         if steps:
             result = adapt(self.loss_fn, self.fast, steps, self.lr, l2_anchor=self.l2_anchor, differentiable=False,
-                           anchor=self.fast0 if self.l2_anchor else None)
+                           anchor=self.fast0 if self.l2_anchor else None, start=self.steps)
             self.fast = result.fast
             self.losses.extend(result.losses)
             self.steps += steps

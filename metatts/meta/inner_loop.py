@@ -23,6 +23,12 @@ Three modes, chosen by who consumes the result:
 * no graph (``differentiable=False``, test-time adaptation): updates run under ``torch.no_grad`` and the result
   is detached; only each step's own backward is built. Use :func:`fine_tune` for Adam at test time.
 
+Per-step rates (MAML++'s LSLR): ``lr`` may be a list, one rate (float or per fast weight) for each step; step i uses
+``lr[i]``, and steps past the list's end reuse its last entry -- test-time adaptation runs more steps than
+meta-training learned rates for, and the last learned rate is the one trained for the adapted end of the trajectory.
+``start`` is the index of the first step, so a caller that adapts in pieces (``adapt.adapters.SGDAdapter``) picks
+up the schedule where it left off.
+
 The L2 term pulls φ toward its initialization (L2-SP); its gradient is added analytically rather than through
 autograd because it is elementwise and exact. φ_0 in the anchor is the *attached* initialization, so the
 meta-gradient of an anchored episode is the true derivative (tested against finite differences).
@@ -38,13 +44,15 @@ skips that step and backs off (``metatts.runtime.precision``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 LossFn = Callable[[dict[str, Tensor]], Tensor]
+Rate = Union[float, Mapping[str, Tensor]]  # one float, or per fast weight a tensor broadcastable to it
+Rates = Union[Rate, Sequence[Rate]]  # a rate for every step, or a list of per-step rates (see "Per-step rates")
 
 
 @dataclass
@@ -58,6 +66,7 @@ class InnerResult:
 
     fast: dict[str, Tensor]
     losses: list[Tensor]
+    path: list[dict[str, Tensor]] | None = None  # φ_1 … φ_k (φ_k is ``fast``) when ``keep_path``; None otherwise
 
 
 def make_loss_fn(model: nn.Module, frozen: Mapping[str, Tensor] | None, args: tuple,
@@ -77,7 +86,17 @@ def make_loss_fn(model: nn.Module, frozen: Mapping[str, Tensor] | None, args: tu
     return loss_fn
 
 
-def _per_name_lr(lr: float | Mapping[str, Tensor], fast: Mapping[str, Tensor]) -> dict[str, Tensor | float]:
+def rate_at(lr: Rates, step: int) -> Rate:
+    """The rate of inner step ``step`` (0-based): ``lr`` itself, or a per-step list's entry ``step``, its last entry
+    for steps past its end."""
+    if isinstance(lr, (list, tuple)):
+        if not lr:
+            raise ValueError("a per-step rate list must hold at least one rate")
+        return lr[min(step, len(lr) - 1)]
+    return lr
+
+
+def _per_name_lr(lr: Rate, fast: Mapping[str, Tensor]) -> dict[str, Tensor | float]:
     if not isinstance(lr, Mapping):
         return {name: float(lr) for name in fast}
     missing, extra = set(fast) - set(lr), set(lr) - set(fast)
@@ -94,16 +113,19 @@ def _grads(loss: Tensor, params: list[Tensor], create_graph: bool) -> list[Tenso
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
-def adapt(loss_fn: LossFn, fast: Mapping[str, Tensor], steps: int, lr: float | Mapping[str, Tensor], *,
+def adapt(loss_fn: LossFn, fast: Mapping[str, Tensor], steps: int, lr: Rates, *,
           first_order: bool = False, l2_anchor: float = 0.0, differentiable: bool = True,
-          anchor: Mapping[str, Tensor] | None = None, loss_scale: float | Tensor | None = None) -> InnerResult:
+          anchor: Mapping[str, Tensor] | None = None, loss_scale: float | Tensor | None = None, start: int = 0,
+          keep_path: bool = False) -> InnerResult:
     """``steps`` SGD steps on ``loss_fn`` from ``fast``; see the module docstring for the three modes.
 
     ``lr`` is one float or, per fast weight, a tensor broadcastable to it (a scalar per tensor or one value per
-    element -- :class:`metatts.meta.inner_lr.InnerLR` builds these). The input tensors are never modified.
+    element -- :class:`metatts.meta.inner_lr.InnerLR` builds these), or a list of those, one per step (see "Per-step
+    rates" in the module docstring; ``start`` is the index of the first step). The input tensors are never modified.
     ``anchor`` is the φ_0 the L2 term pulls toward (default: ``fast``); a caller that adapts in pieces passes the
     first piece's start (no graph only: a second-order anchor must be the attached initialization).
-    ``loss_scale``: see "Loss scaling" in the module docstring (None: unscaled).
+    ``loss_scale``: see "Loss scaling" in the module docstring (None: unscaled). ``keep_path``: also return every
+    φ_i (``InnerResult.path``), for a loss on each step's weights (MAML++'s multi-step loss).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -111,10 +133,12 @@ def adapt(loss_fn: LossFn, fast: Mapping[str, Tensor], steps: int, lr: float | M
         raise ValueError(f"l2_anchor must be >= 0, got {l2_anchor}")
     if loss_scale is not None and not isinstance(loss_scale, Tensor) and not loss_scale > 0:
         raise ValueError(f"loss_scale must be positive, got {loss_scale}")
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
     names = list(fast)
-    alpha = _per_name_lr(lr, fast)
+    alphas = [_per_name_lr(rate_at(lr, start + i), fast) for i in range(steps)]
     if not differentiable:
-        alpha = {n: a.detach() if isinstance(a, Tensor) else a for n, a in alpha.items()}
+        alphas = [{n: a.detach() if isinstance(a, Tensor) else a for n, a in alpha.items()} for alpha in alphas]
         phi = {n: t.detach() for n, t in fast.items()}
     else:
         # autograd.grad needs the inputs on the tape; a fast weight handed in without requires_grad becomes a leaf.
@@ -124,7 +148,8 @@ def adapt(loss_fn: LossFn, fast: Mapping[str, Tensor], steps: int, lr: float | M
     anchor = dict(phi) if anchor is None else {n: anchor[n].detach() for n in names}
     second_order = differentiable and not first_order
     losses: list[Tensor] = []
-    for _ in range(steps):
+    path: list[dict[str, Tensor]] | None = [] if keep_path else None
+    for alpha in alphas:
         with torch.enable_grad():  # test-time callers may sit inside no_grad; the inner gradient still needs a tape
             # First order / no graph: differentiate a detached copy, so the gradient is a constant and this step's
             # graph is freed by autograd.grad. Second order: differentiate φ_i itself and keep the graph.
@@ -145,7 +170,9 @@ def adapt(loss_fn: LossFn, fast: Mapping[str, Tensor], steps: int, lr: float | M
                     g = g + 2.0 * l2_anchor * (pull if second_order else pull.detach())
                 updated[n] = phi[n] - alpha[n] * g
             phi = updated
-    return InnerResult(fast=phi, losses=losses)
+        if path is not None:
+            path.append(phi)
+    return InnerResult(fast=phi, losses=losses, path=path)
 
 
 class FineTuner:

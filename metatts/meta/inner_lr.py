@@ -11,11 +11,16 @@ Parameterization. By default the module stores log α and hands out α = exp(log
 * Outer updates become relative: ∂L/∂(log α) = α ∂L/∂α, so Adam's ~constant step size changes every α by a
   similar *factor*, whatever its magnitude. Raw α would move a 1e-3 and a 1e-1 rate by the same absolute amount.
 
+Per step (``steps=k``, MAML++'s LSLR, Antoniou et al. 2019): a separate rate for each of the k inner steps, stored as
+one tensor per fast weight with a leading step dimension ([k, *shape], or [k] per tensor). ``rates()`` is then a list
+of k rate dicts, which ``inner_loop.adapt`` takes as a per-step schedule (steps past k reuse the last rate).
+
 ``parameterization="identity"`` keeps raw α (the paper's form; also what the tests compare against ``higher``).
 
 File format (``metatts.checkpoints`` stores it beside the weights): the state dict as safetensors plus
 ``file_info()`` in the checkpoint metadata; ``rates_from_file`` turns the two back into α tensors without building
-the module. Both live here so the format has one owner.
+the module. Both live here so the format has one owner. ``file_info()`` has a ``"steps"`` entry only for per-step
+rates; files written before per-step rates existed have none and load as one rate for every step.
 """
 
 from __future__ import annotations
@@ -36,15 +41,17 @@ def _key(name: str) -> str:
 
 
 class InnerLR(nn.Module):
-    """``as_dict()`` -> {fast-weight name: α tensor}, ready for ``adapt(lr=...)``.
+    """``rates()`` -> {fast-weight name: α tensor} (or, per step, a list of those), ready for ``adapt(lr=...)``.
 
-    ``fast`` gives the names, shapes, dtype and device (values are not read). State-dict keys are
-    ``raw.<name with "." replaced by "__">``.
+    ``fast`` gives the names, shapes, dtype and device (values are not read). ``steps``: None for one rate used at
+    every step, k for a rate per inner step. State-dict keys are ``raw.<name with "." replaced by "__">``.
     """
 
     def __init__(self, fast: Mapping[str, Tensor], init: float, mode: str = "per_parameter",
-                 parameterization: str = "log"):
+                 parameterization: str = "log", steps: int | None = None):
         super().__init__()
+        if steps is not None and steps < 1:
+            raise ValueError(f"per-step rates need at least one step, got steps={steps}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if parameterization not in PARAMETERIZATIONS:
@@ -57,34 +64,65 @@ class InnerLR(nn.Module):
             raise ValueError(f"fast-weight names collide once '.' becomes '__': {self.names}")
         self.mode = mode
         self.parameterization = parameterization
+        self.steps = steps
         value = math.log(init) if parameterization == "log" else init
+        lead = () if steps is None else (steps,)
         self.raw = nn.ParameterDict({
-            key: nn.Parameter(torch.full(t.shape if mode == "per_parameter" else (), value, dtype=t.dtype,
+            key: nn.Parameter(torch.full(lead + (t.shape if mode == "per_parameter" else ()), value, dtype=t.dtype,
                                          device=t.device))
             for key, t in zip(keys, fast.values())
         })
 
     def lr(self, name: str) -> Tensor:
-        raw = self.raw[_key(name)]
-        return raw.exp() if self.parameterization == "log" else raw
+        """α of one fast weight (per step: all steps, stacked along the first dimension)."""
+        return _alpha(self.raw[_key(name)], self.parameterization)
+
+    def rates(self) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """What ``adapt(lr=...)`` takes: {name: α}, or per step a list of k such dicts."""
+        # Recomputed on every call (cheap, elementwise) so each episode's graph reaches the raw parameters.
+        return _unstack({name: self.lr(name) for name in self.names}, self.steps)
 
     def as_dict(self) -> dict[str, Tensor]:
-        # Recomputed on every call (cheap, elementwise) so each episode's graph reaches the raw parameters.
-        return {name: self.lr(name) for name in self.names}
+        """{name: α} of rates shared by every step (``rates()`` covers per-step rates too)."""
+        if self.steps is not None:
+            raise ValueError("per-step inner rates have one dict per step: use rates()")
+        return self.rates()
+
+    def mean_rate(self) -> Tensor:
+        """The mean over tensors of each tensor's mean α (over its elements and steps): a number for the log."""
+        return torch.stack([self.lr(name).mean() for name in self.names]).mean()
 
     def extra_repr(self) -> str:
-        return f"{len(self.names)} tensors, mode={self.mode}, parameterization={self.parameterization}"
+        per_step = "" if self.steps is None else f", {self.steps} steps"
+        return f"{len(self.names)} tensors, mode={self.mode}, parameterization={self.parameterization}{per_step}"
 
     # ------------------------------------------------------------------------------------------ file format
     def file_info(self) -> dict:
         """What the checkpoint metadata records beside the tensors of ``state_dict()``."""
-        return {"mode": self.mode, "parameterization": self.parameterization, "names": list(self.names)}
+        info = {"mode": self.mode, "parameterization": self.parameterization, "names": list(self.names)}
+        if self.steps is not None:
+            info["steps"] = self.steps
+        return info
 
     @staticmethod
-    def rates_from_file(tensors: Mapping[str, Tensor], info: Mapping) -> dict[str, Tensor]:
-        """{fast-weight name: α} from a saved ``state_dict()`` and its ``file_info()``."""
-        rates = {}
+    def rates_from_file(tensors: Mapping[str, Tensor], info: Mapping) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """What ``rates()`` returned, from a saved ``state_dict()`` and its ``file_info()`` (no ``"steps"``: a file
+        of rates shared by every step, as all files before per-step rates)."""
+        steps = info.get("steps")
+        alphas = {}
         for name in info["names"]:
-            raw = tensors[f"raw.{_key(name)}"]
-            rates[name] = raw.exp() if info["parameterization"] == "log" else raw
-        return rates
+            alpha = _alpha(tensors[f"raw.{_key(name)}"], info["parameterization"])
+            if steps is not None and alpha.shape[:1] != (steps,):
+                raise ValueError(f"the rate of {name} has shape {tuple(alpha.shape)}, not {steps} steps")
+            alphas[name] = alpha
+        return _unstack(alphas, steps)
+
+
+def _alpha(raw: Tensor, parameterization: str) -> Tensor:
+    return raw.exp() if parameterization == "log" else raw
+
+
+def _unstack(alphas: dict[str, Tensor], steps: int | None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+    if steps is None:
+        return alphas
+    return [{name: alpha[i] for name, alpha in alphas.items()} for i in range(steps)]

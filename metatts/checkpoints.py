@@ -147,18 +147,21 @@ def read_inner_lr_tensors(checkpoint: str | Path, meta: CheckpointMeta | None = 
     return read_checkpoint_tensors(checkpoint, info["file"])
 
 
-def load_inner_lr(checkpoint: str | Path) -> float | dict[str, Tensor]:
+def load_inner_lr(checkpoint: str | Path) -> float | dict[str, Tensor] | list[dict[str, Tensor]]:
     """The inner learning rate(s) to adapt a checkpoint's speaker group with: the learned Meta-SGD rates of a meta
-    checkpoint ({parameter name: α tensor}, ready for ``adapt(lr=...)``), else its config's ``meta.inner_lr``."""
+    checkpoint ({parameter name: α tensor}, or a list of those, one per inner step, when ``meta.inner_lr_per_step``
+    learned them; ready for ``adapt(lr=...)``), else its config's ``meta.inner_lr``."""
     meta = read_meta(checkpoint)
     tensors = read_inner_lr_tensors(checkpoint, meta)
     if tensors is None:
         return float(config_from_dict(meta.config).meta.inner_lr)
+    file = Path(checkpoint) / meta.extra["inner_lr"]["file"]
     try:
         return InnerLR.rates_from_file(tensors, meta.extra["inner_lr"])
     except KeyError as missing:
-        raise CheckpointError(f"{Path(checkpoint) / meta.extra['inner_lr']['file']} holds no learned rate "
-                              f"{missing}") from None
+        raise CheckpointError(f"{file} holds no learned rate {missing}") from None
+    except ValueError as error:
+        raise CheckpointError(f"{file}: {error}") from None
 
 
 def load_inner_lr_into(checkpoint: str | Path, meta: CheckpointMeta, inner_lr: InnerLR | None) -> None:
@@ -170,6 +173,6 @@ def load_inner_lr_into(checkpoint: str | Path, meta: CheckpointMeta, inner_lr: I
         return
     expected = inner_lr.state_dict()
     if set(tensors) != set(expected) or any(tensors[k].shape != v.shape for k, v in expected.items()):
-        raise CheckpointError(f"{checkpoint}: its learned inner rates do not fit this config (meta.inner_lr_mode or "
-                              f"model.speaker_groups differ)")
+        raise CheckpointError(f"{checkpoint}: its learned inner rates do not fit this config (meta.inner_lr_mode, "
+                              f"meta.inner_lr_per_step, meta.inner_steps or model.speaker_groups differ)")
     inner_lr.load_state_dict(tensors)

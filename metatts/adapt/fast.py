@@ -6,7 +6,8 @@
     voice pack = φ_k (only the adapted tensors) + metadata (base checkpoint hash, steps, losses, clips, audio)
 
 α is, by default, what the checkpoint learned: a meta checkpoint's per-parameter Meta-SGD rates (via
-``load_inner_lr``), else its config's ``meta.inner_lr``. ``optimizer="adam"`` runs a stateful Adam instead (for
+``load_inner_lr``; per step when meta-training learned one per inner step, the last reused for steps past those),
+else its config's ``meta.inner_lr``. ``optimizer="adam"`` runs a stateful Adam instead (for
 many more steps than meta-training used); its step size is per element, so the SGD rates do not transfer and it
 has its own default (``ADAM_LR``). ``l2_anchor`` = λ adds λ‖φ − φ0‖² (L2-SP) to the support loss.
 
@@ -111,8 +112,10 @@ def interpolate(adapted: Mapping[str, Tensor], model: nn.Module, alpha: float) -
 
 # ------------------------------------------------------------------------------------------------ learning rates
 def resolve_lr(checkpoint: str | os.PathLike, fast: Mapping[str, Tensor], lr: float | None, optimizer: str,
-               config_lr: float) -> tuple[float | dict[str, Tensor], str]:
-    """(rates for the inner loop, a description for the report)."""
+               config_lr: float) -> tuple[float | dict[str, Tensor] | list[dict[str, Tensor]], str]:
+    """(rates for the inner loop, a description for the report). Learned per-step rates (``meta.inner_lr_per_step``)
+    come back as a list, one rate dict per meta-trained step; steps past its end reuse the last
+    (``inner_loop.adapt``)."""
     if lr is not None:
         if not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive number, got {lr}")
@@ -120,19 +123,21 @@ def resolve_lr(checkpoint: str | os.PathLike, fast: Mapping[str, Tensor], lr: fl
     if optimizer == "adam":
         return ADAM_LR, f"adam default {ADAM_LR:g}"
     learned = load_inner_lr(checkpoint)
-    if not isinstance(learned, Mapping):
+    if not isinstance(learned, (Mapping, list)):
         return float(learned), f"config meta.inner_lr {float(learned):g}"
-    device = next(iter(fast.values())).device
-    rates: dict[str, Tensor | float] = {}
-    for name, tensor in fast.items():
-        rates[name] = learned[name].to(device, tensor.dtype) if name in learned else float(config_lr)
-    own = [n for n in fast if n in learned]
+    schedule = learned if isinstance(learned, list) else [learned]
+    own = [n for n in fast if n in schedule[0]]
     if not own:
         return float(config_lr), f"config meta.inner_lr {config_lr:g} (no learned rate for these groups)"
-    mean = float(torch.cat([learned[n].detach().flatten().float() for n in own]).mean())
+    device = next(iter(fast.values())).device
+    rates = [{name: step[name].to(device, tensor.dtype) if name in step else float(config_lr)
+              for name, tensor in fast.items()} for step in schedule]
+    mean = float(torch.cat([step[n].detach().flatten().float() for step in schedule for n in own]).mean())
     extra = f"; config meta.inner_lr {config_lr:g} for {len(fast) - len(own)} other tensors" if len(own) < len(fast) \
         else ""
-    return rates, f"learned per-parameter (mean {mean:.3g}){extra}"
+    if isinstance(learned, list):
+        return rates, (f"learned per-step for {len(rates)} steps, the last reused after (mean {mean:.3g}){extra}")
+    return rates[0], f"learned per-parameter (mean {mean:.3g}){extra}"
 
 
 # ------------------------------------------------------------------------------------------------ support loss

@@ -20,7 +20,7 @@ from metatts.adapt.adapters import SGDAdapter
 from metatts.checkpoints import load_for_store, load_inner_lr
 from metatts.episodes.collate import Collator, aligned_batch
 from metatts.episodes.sampler import Episode
-from metatts.meta.inner_loop import make_loss_fn
+from metatts.meta.inner_loop import Rates, make_loss_fn
 from metatts.meta.inner_lr import InnerLR
 from metatts.model.acoustic import select_parameters
 from metatts.model.losses import FastSpeech2Loss
@@ -57,19 +57,21 @@ class AdaptationCurve:
                 "speakers": self.speakers, "mel": self.mel, "total": self.total}
 
 
-def _as_lr(inner_lr: float | Mapping[str, Tensor] | InnerLR, device: torch.device) -> float | dict[str, Tensor]:
+def _as_lr(inner_lr: Rates | InnerLR, device: torch.device) -> Rates:
     if isinstance(inner_lr, InnerLR):
-        inner_lr = inner_lr.as_dict()
+        inner_lr = inner_lr.rates()
+    if isinstance(inner_lr, (list, tuple)):  # per-step rates
+        return [_as_lr(rate, device) for rate in inner_lr]
     if isinstance(inner_lr, Mapping):
         return {n: a.detach().to(device) for n, a in inner_lr.items()}
     return float(inner_lr)
 
 
-def adaptation_curve(model: nn.Module, inner_lr: float | Mapping[str, Tensor] | InnerLR, episodes: Sequence[Episode],
+def adaptation_curve(model: nn.Module, inner_lr: Rates | InnerLR, episodes: Sequence[Episode],
                      collator: Collator, steps_grid: Sequence[int], groups: Sequence[str]) -> AdaptationCurve:
     """Adapt ``groups`` from the model's slot on each episode's support with plain SGD (``inner_lr``: one float,
-    or per-tensor rates such as a meta-trained ``InnerLR``) and record the query loss after each count in
-    ``steps_grid``. Eval mode (no dropout), no graph kept; the model is left as it was."""
+    or per-tensor rates such as a meta-trained ``InnerLR``, shared or per step) and record the query loss after
+    each count in ``steps_grid``. Eval mode (no dropout), no graph kept; the model is left as it was."""
     grid = step_grid(steps_grid)
     device = next(model.parameters()).device
     lr = _as_lr(inner_lr, device)
@@ -102,7 +104,7 @@ def adaptation_curve(model: nn.Module, inner_lr: float | Mapping[str, Tensor] | 
 
 
 def checkpoint_curve(checkpoint: str | Path, episodes: Sequence[Episode], store, steps_grid: Sequence[int], *,
-                     inner_lr: float | Mapping[str, Tensor] | None = None, groups: Sequence[str] | None = None,
+                     inner_lr: Rates | None = None, groups: Sequence[str] | None = None,
                      device: str = "cpu") -> AdaptationCurve:
     """:func:`adaptation_curve` of a checkpoint (``metatts train`` or ``meta-train``) on episodes of ``store``
     (a ``FeatureStore``). Defaults: the checkpoint's own inner rates (``load_inner_lr``) and speaker groups."""

@@ -126,7 +126,7 @@ class MetaMethod(Method):
         return SGDAdapter(self._support_loss(episode, set(fast0)), fast0, rate)
 
     def settings(self) -> dict:
-        return {"meta_lr": "learned per-parameter Meta-SGD rates (load_inner_lr)"}
+        return {"meta_lr": "learned Meta-SGD rates, per step when meta-training learned them (load_inner_lr)"}
 
 
 @method

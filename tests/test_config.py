@@ -38,6 +38,11 @@ def test_every_shipped_config_loads_and_names_its_command(path):
         ({}, ["data.layout=libri"], "data.layout"),
         ({}, ["train.device=tpu"], "train.device"),
         ({}, ["eval.step_grid=[5, 1]"], "eval.step_grid"),
+        ({}, ["meta.first_order_steps=-1"], "meta.first_order_steps"),
+        ({}, ["meta.multi_step_loss_steps=-1"], "meta.multi_step_loss_steps"),
+        ({}, ["meta.multi_step_loss_steps=5", "meta.inner_steps=0"], "meta.multi_step_loss_steps"),
+        ({}, ["meta.inner_lr_per_step=true", "meta.learn_inner_lr=false"], "meta.inner_lr_per_step"),
+        ({}, ["meta.inner_lr_per_step=true", "meta.inner_steps=0"], "meta.inner_lr_per_step"),
     ],
 )
 def test_bad_values_fail_naming_the_key_path(data, override, key):

@@ -4,6 +4,7 @@ meta-gradient, checkpoints load with the API, and two gloo ranks match one proce
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -30,12 +31,19 @@ from metatts.episodes.collate import aligned_batch
 from metatts.evaluation.curves import adaptation_curve
 from metatts.meta import step as meta_step_module
 from metatts.meta.outer_loop import MetaTrainingError, NotEnoughSpeakersError, meta_train
-from metatts.meta.step import task_loss
+from metatts.adapt.adapters import SGDAdapter
+from metatts.adapt.fast import support_loss_fn
+from metatts.checkpoints import load_for_store
+from metatts.evaluation.methods import EvalContext, MetaMethod
+from metatts.meta.inner_lr import InnerLR
+from metatts.meta.step import MetaStepSettings, multi_step_weights, support_adapt, task_loss
+from metatts.model import NEW_SPEAKER, SPEAKER_GROUPS
 from metatts.model.acoustic import select_parameters
 from metatts.model.losses import FastSpeech2Loss
 from metatts.runtime.env import seed_everything
 from metatts.train.common import RunData
 from metatts.train.supervised import train
+from test_model import make_batch, make_model
 from tiny import TEXTS, TINY_MODEL, synthesize_corpus
 
 VOICES = ("m1", "f2", "m3", "f4")
@@ -300,6 +308,157 @@ def test_adaptation_curve_reports_each_grid_step_and_restores_the_model(store):
     assert curve.mel[0][2] != curve.mel[0][0]
     again = adaptation_curve(model, 0.5, episodes, data.collator, [0, 1, 3], config.model.speaker_groups)
     assert again.mel == curve.mel  # eval mode: deterministic
+
+
+# --------------------------------------------------------------------------------------------- MAML++ options
+def test_multi_step_weights_anneal_from_uniform_to_the_last_step():
+    assert multi_step_weights(4, 0, 10) == pytest.approx([0.25] * 4)
+    assert multi_step_weights(4, 5, 10) == pytest.approx([0.125, 0.125, 0.125, 0.625])
+    assert multi_step_weights(4, 10, 10) == pytest.approx([0, 0, 0, 1])
+    assert multi_step_weights(4, 500, 10) == pytest.approx([0, 0, 0, 1])
+    assert all(sum(multi_step_weights(3, s, 7)) == pytest.approx(1) for s in range(12))
+    assert multi_step_weights(4, 3, 0) is None  # off: the final step alone
+    with pytest.raises(ValueError, match="inner step"):
+        multi_step_weights(0, 0, 10)
+
+
+def _double_slot_batch(seed: int):
+    batch = make_batch(seed, phoneme_lengths=(4, 3), speakers=(NEW_SPEAKER,) * 2, with_durations=True,
+                       dtype=torch.float64)
+    return dataclasses.replace(batch, mels=batch.mels.double(), pitch=batch.pitch.double(),
+                               energy=batch.energy.double())
+
+
+def test_multi_step_loss_is_the_weighted_sum_and_its_meta_gradient_matches_finite_differences():
+    model = make_model(seed=3, hidden=8, conv_filter=8, predictor_filter=8, speaker_dim=4, pitch_bins=4,
+                       energy_bins=4, decoder_layers=1).double().eval()
+    support, query = _double_slot_batch(4), _double_slot_batch(5)
+    groups, steps = list(SPEAKER_GROUPS), 3
+    inner_lr = InnerLR(select_parameters(model, groups), init=0.3, mode="per_tensor", steps=steps).double()
+    with torch.no_grad():
+        for raw in inner_lr.raw.values():
+            raw.add_(0.3 * torch.randn_like(raw))
+    weights = multi_step_weights(steps, 1, 4)  # part-way through the annealing: every step weighs
+
+    def objective() -> torch.Tensor:
+        return task_loss(model, support, query, inner_lr.rates(), groups, steps=steps, query_weights=weights).total
+
+    after = [task_loss(model, support, query, inner_lr.rates(), groups, steps=i).total.item() for i in (1, 2, 3)]
+    total = objective()
+    assert total.item() == pytest.approx(sum(w * a for w, a in zip(weights, after)), rel=1e-12)
+    assert abs(total.item() - after[-1]) > 1e-4 * abs(after[-1])  # the earlier steps count
+    tensors = list(model.parameters()) + list(inner_lr.parameters())
+    grads = torch.autograd.grad(total, tensors, allow_unused=True)
+    g, eps = torch.Generator().manual_seed(0), 1e-6
+    for _ in range(3):  # directional derivatives along random directions in all of θ, φ0 and the per-step rates
+        direction = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in tensors]
+        analytic = sum(float((d * gr).sum()) for d, gr in zip(direction, grads) if gr is not None)
+        with torch.no_grad():
+            for t, d in zip(tensors, direction):
+                t.add_(eps * d)
+        up = objective().item()
+        with torch.no_grad():
+            for t, d in zip(tensors, direction):
+                t.sub_(2 * eps * d)
+        down = objective().item()
+        with torch.no_grad():
+            for t, d in zip(tensors, direction):
+                t.add_(eps * d)
+        assert analytic == pytest.approx((up - down) / (2 * eps), rel=1e-6)
+
+
+def test_first_order_steps_switch_to_second_order_at_the_right_meta_step(store, tmp_path, monkeypatch):
+    settings = MetaStepSettings(groups=[], inner_steps=2, first_order_steps=3)
+    assert [settings.first_order_at(s) for s in range(5)] == [True, True, True, False, False]
+    assert MetaStepSettings(groups=[], inner_steps=2, first_order=True).first_order_at(10)
+    # What meta-training actually runs: meta-steps 0 and 1 (two tasks each) first order, meta-step 2 second order.
+    seen = []
+    real = meta_step_module.adapt
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["first_order"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(meta_step_module, "adapt", recording)
+    meta_train(_config(store, 3, "meta.first_order_steps=2", "meta.val_tasks=0"), tmp_path / "run", **QUIET)
+    assert seen == [True, True, True, True, False, False]
+
+
+def _episode(store: Path):
+    by_speaker = {s: [e.id for e in entries] for s, entries in FeatureStore(store).speakers().items()}
+    return EpisodeSampler(by_speaker, 2, 2, seed=0).meta_batch(0, 1)[0]
+
+
+def test_meta_training_adapts_without_dropout_as_test_time_does(store):
+    """The support forward of meta-training's inner loop and test-time SGD give the same fast weights from the same
+    support batch and rates, with the model in train mode (as meta_train holds it) and dropout in the model."""
+    config = _config(store, 1)
+    assert config.model.dropout > 0
+    data = RunData.load(config)
+    torch.manual_seed(0)
+    model = build_model(config, len(data.symbols), len(data.speakers)).train()
+    support = aligned_batch(model, data.collator, _episode(store).support, torch.device("cpu"))
+    groups = config.model.speaker_groups
+    fast0 = {n: p.detach() for n, p in select_parameters(model, groups).items()}
+    rates = [{n: torch.full_like(p, 0.5 - 0.2 * i) for n, p in fast0.items()} for i in range(2)]
+    meta = support_adapt(model, support, rates, groups, steps=2).fast
+    assert model.training  # the mode is the caller's again
+
+    def test_time(training: bool) -> dict[str, torch.Tensor]:
+        frozen = {n: p.detach() for n, p in model.named_parameters() if n not in fast0}
+        model.train(training)
+        adapter = SGDAdapter(support_loss_fn(model, frozen, [support], FastSpeech2Loss()), fast0, rates)
+        adapter.advance(2)
+        return adapter.params()
+
+    evaluated, dropped = test_time(False), test_time(True)
+    for name in fast0:
+        torch.testing.assert_close(meta[name].detach(), evaluated[name], rtol=1e-5, atol=1e-7, msg=name)
+    # Dropout moves the fast weights far more than that tolerance: an inner loop with it on would fail above.
+    assert any(not torch.allclose(dropped[n], evaluated[n], rtol=1e-3, atol=1e-5) for n in fast0)
+
+
+def test_all_mamlpp_options_train_and_adapt_and_evaluate_with_per_step_rates(store, tmp_path):
+    config = _config(store, 3, "meta.multi_step_loss_steps=2", "meta.inner_lr_per_step=true",
+                     "meta.first_order_steps=1", "train.val_every=3")
+    result = meta_train(config, tmp_path / "run", **QUIET)
+    assert result.step == 3 and result.skipped_steps == 0 and [v["step"] for v in result.val] == [0, 3]
+    checkpoint = tmp_path / "run/checkpoint"
+    assert json.loads((checkpoint / "meta.json").read_text())["extra"]["inner_lr"]["steps"] == 2
+    rates = load_inner_lr(checkpoint)
+    assert isinstance(rates, list) and len(rates) == 2
+    assert not torch.equal(rates[0]["speaker.slot_norms"], rates[1]["speaker.slot_norms"])  # learned apart
+    schedule = [rates[0], rates[1], rates[1]]  # three steps: the third reuses the last learned rate
+    groups = list(config.model.speaker_groups)
+
+    def meta_training_inner_loop(model, support) -> dict[str, torch.Tensor]:
+        model.train()  # as meta_train holds the model
+        try:
+            return {n: t.detach() for n, t in support_adapt(model, support, schedule, groups, steps=3).fast.items()}
+        finally:
+            model.eval()
+
+    # `metatts adapt` (the API): the same fast weights as meta-training's inner loop on the same clips.
+    tts = load(checkpoint, device="cpu", vocoder="griffinlim")
+    entries = FeatureStore(store).entries[:3]
+    voice = tts.adapt([e.audio_path for e in entries], [e.text for e in entries], steps=3)
+    assert voice.info["lr"].startswith("learned per-step for 2 steps")
+    support = voice.clips.batch()
+    expected = meta_training_inner_loop(tts.model, support.with_durations(tts.model.alignment(support).durations))
+    for name, value in expected.items():
+        torch.testing.assert_close(voice.params[name], value, rtol=1e-4, atol=1e-6, msg=name)
+    # `metatts evaluate`'s meta method, advancing along a grid in pieces.
+    ev = load_for_store(checkpoint, FeatureStore(store))
+    context = EvalContext(models={"meta": ev}, groups=groups, device=torch.device("cpu"), real=None, encoder=None,
+                          splits=None, shots=2, queries=2, out_dir=tmp_path)
+    episode = _episode(store)
+    adapter = MetaMethod(context).adapter(episode)
+    adapter.advance(1)
+    adapter.advance(2)
+    expected = meta_training_inner_loop(ev.model, aligned_batch(ev.model, ev.collator, episode.support,
+                                                                torch.device("cpu")))
+    for name, value in expected.items():
+        torch.testing.assert_close(adapter.params()[name], value, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def _free_port() -> int:

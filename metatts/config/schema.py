@@ -220,6 +220,14 @@ class MetaConfig:
     learn_inner_lr: bool = True  # learn a per-parameter inner learning rate (Meta-SGD)
     inner_lr_mode: str = "per_parameter"  # learned rates: per_parameter (one per element, Meta-SGD) | per_tensor
     first_order: bool = False  # drop second-order terms of the meta-gradient
+    first_order_steps: int = 0  # first-order meta-gradient for the first N meta-steps, second order after (0: off)
+    # MAML++ multi-step loss: the query loss after every inner step, weights annealed linearly from uniform to all on
+    # the last step over this many meta-steps (0: off, the last step alone)
+    multi_step_loss_steps: int = 0
+    inner_lr_per_step: bool = False  # a separate learned inner rate for each inner step (MAML++ LSLR; learn_inner_lr)
+    # dropout in the query forward, as supervised training regularizes θ; the support forward never has dropout (test
+    # time adapts in eval mode)
+    query_dropout: bool = True
     outer_lr: float = 3e-4  # outer Adam learning rate (beta) of the model's weights
     init_lr: float = 3e-3  # outer Adam learning rate of the new-speaker slot φ0 (the meta-learned initialization)
     rates_lr: float = 1e-2  # outer Adam learning rate of the learned inner rates (log-parameterized: ~1 % per step)
@@ -240,6 +248,12 @@ class MetaConfig:
         _require(self.warmup_steps >= 0, f"{path}.warmup_steps", "must be >= 0 (0: no warm-up, no decay)")
         _require(self.inner_lr_mode in ("per_parameter", "per_tensor"), f"{path}.inner_lr_mode",
                  f"must be per_parameter or per_tensor, got {self.inner_lr_mode!r}")
+        _require(self.first_order_steps >= 0, f"{path}.first_order_steps", "must be >= 0 (0: second order throughout)")
+        _require(self.multi_step_loss_steps >= 0, f"{path}.multi_step_loss_steps", "must be >= 0 (0: off)")
+        _require(self.multi_step_loss_steps == 0 or self.inner_steps >= 1, f"{path}.multi_step_loss_steps",
+                 "a multi-step loss needs meta.inner_steps >= 1")
+        _require(not self.inner_lr_per_step or (self.learn_inner_lr and self.inner_steps >= 1),
+                 f"{path}.inner_lr_per_step", "needs meta.learn_inner_lr: true and meta.inner_steps >= 1")
         _require(self.val_tasks >= 0, f"{path}.val_tasks", "must be >= 0 (0 turns meta-validation off)")
         _require(self.max_bad_steps >= 1, f"{path}.max_bad_steps", "must be at least 1")
 

@@ -5,8 +5,10 @@ checkpoints). One meta-step::
 
     B tasks = B meta-train speakers, each N support + Q query utterances, all routed to the new-speaker slot
     per task:  durations of support and query from the aligner, once (MAS does not run inside the inner loop)
-               φ_k = adapt(L_support(θ, ·), φ_0, k, α)       second order unless meta.first_order
-               L_task = L_query(θ, φ_k) + L_align(query)
+               φ_k = adapt(L_support(θ, ·), φ_0, k, α)       eval mode (as at test time); second order unless
+                                                            meta.first_order or before meta.first_order_steps;
+                                                            α per step with meta.inner_lr_per_step
+               L_task = L_query(θ, φ_k) + L_align(query)     Σ_i w_i L_query(θ, φ_i) with multi_step_loss_steps
     θ, φ_0, α  ← Adam(∇ (1/B) Σ_tasks L_task)               warm-up, clipping; NaN/Inf steps skipped
 
 Loss terms. The support (inner) loss and the query loss are FastSpeech 2's, teacher-forced on the aligner's
@@ -164,14 +166,17 @@ def _set_up(config: Config, context: mdist.DistContext, log) -> _Setup:
     sampler, val_episodes = _episodes(config, data, context, log)
     model = build_model(config, len(data.symbols), len(data.speakers)).to(device)
     groups = list(config.model.speaker_groups)
-    inner_lr = (InnerLR(select_parameters(model, groups), init=meta.inner_lr, mode=meta.inner_lr_mode).to(device)
+    inner_lr = (InnerLR(select_parameters(model, groups), init=meta.inner_lr, mode=meta.inner_lr_mode,
+                        steps=meta.inner_steps if meta.inner_lr_per_step else None).to(device)
                 if meta.learn_inner_lr else None)
     optimizer = torch.optim.Adam(_param_groups(model, groups, inner_lr, meta), betas=(0.9, 0.98), eps=1e-9)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_inverse_sqrt(s, meta.warmup_steps))
     precision = resolve_precision(config.train.precision, device)
     settings = MetaStepSettings(groups=groups, inner_steps=meta.inner_steps, inner_lr=meta.inner_lr,
                                 first_order=meta.first_order, meta_batch=meta.meta_batch,
-                                grad_clip=config.train.grad_clip, precision=precision)
+                                grad_clip=config.train.grad_clip, precision=precision,
+                                first_order_steps=meta.first_order_steps,
+                                multi_step_loss_steps=meta.multi_step_loss_steps, query_dropout=meta.query_dropout)
     # fp16 only; the meta-step scales the inner loop's support loss by the same scale.
     return _Setup(data, sampler, val_episodes, model, inner_lr, optimizer, schedule,
                   grad_scaler(device, precision), settings, device)
@@ -272,7 +277,7 @@ def _meta_train(config: Config, run: Path, context: mdist.DistContext, main: boo
         for step in bar:
             tick = time.perf_counter()
             stats = meta_step(setup.model, _tasks(setup, config, context, step), setup.optimizer, setup.settings,
-                              inner_lr=setup.inner_lr, loss=loss, scaler=setup.scaler)
+                              inner_lr=setup.inner_lr, loss=loss, scaler=setup.scaler, step=step)
             setup.schedule.step()
             done = result.step = step + 1
             if not stats.applied:
@@ -312,7 +317,7 @@ def _log_step(setup: _Setup, run_log: _RunLog, result: MetaResult, stats: StepSt
     values.update(grad_norm=stats.grad_norm, lr=setup.schedule.get_last_lr()[0], seconds=seconds)
     if setup.inner_lr is not None:
         with torch.no_grad():
-            values["inner_lr_mean"] = float(torch.stack([a.mean() for a in setup.inner_lr.as_dict().values()]).mean())
+            values["inner_lr_mean"] = float(setup.inner_lr.mean_rate())
     record = {"step": step, **values}
     result.train.append(record)
     run_log.record("meta", step, values, "meta", **values)

@@ -384,6 +384,22 @@ def test_first_order_steps_switch_to_second_order_at_the_right_meta_step(store, 
     assert seen == [True, True, True, True, False, False]
 
 
+def test_query_dropout_false_runs_the_query_forward_in_eval_mode():
+    model = make_model(seed=1, dropout=0.3).double()
+    support, query = _double_slot_batch(4), _double_slot_batch(5)
+    groups = list(SPEAKER_GROUPS)
+
+    def query_loss(training: bool, query_dropout: bool) -> float:
+        model.train(training)
+        torch.manual_seed(0)
+        return task_loss(model, support, query, 0.3, groups, steps=2, query_dropout=query_dropout).total.item()
+
+    evaluated = query_loss(False, True)
+    assert query_loss(True, False) == pytest.approx(evaluated, rel=1e-12)
+    assert query_loss(True, True) != pytest.approx(evaluated, rel=1e-6)  # meta.query_dropout (default): dropout on
+    assert model.training  # the caller's mode is kept
+
+
 def _episode(store: Path):
     by_speaker = {s: [e.id for e in entries] for s, entries in FeatureStore(store).speakers().items()}
     return EpisodeSampler(by_speaker, 2, 2, seed=0).meta_batch(0, 1)[0]

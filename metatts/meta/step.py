@@ -87,8 +87,10 @@ def support_adapt(model: nn.Module, support: Batch, lr: Rates, groups: Sequence[
     parameter and into ``lr``. The support forward always runs in eval mode (no dropout), whatever the model's
     mode, because test-time adaptation (``adapt.fast.adapt_voice``, the evaluation, meta-validation) adapts in eval
     mode: the inner loop meta-training learns φ_0 and α for must be the one that runs at test time, and a dropout
-    mask in the inner gradient is noise the learned rates would be tuned to expect. (tests/test_mamlpp.py holds
-    the two paths to the same fast weights.)"""
+    mask in the inner gradient is noise the learned rates would be tuned to expect.
+    (``tests/test_meta_train.py::test_meta_training_adapts_without_dropout_as_test_time_does`` and
+    ``…::test_all_mamlpp_options_train_and_adapt_and_evaluate_with_per_step_rates`` hold the paths to the same
+    fast weights.)"""
     loss = loss or FastSpeech2Loss()
     forward = make_loss_fn(model, None, (support,), lambda out: loss(out, support).total)
 
@@ -119,6 +121,9 @@ def task_loss(model: nn.Module, support: Batch, query: Batch, lr: Rates, groups:
                           loss_scale=loss_scale, keep_path=multi)
 
     def query_terms(fast: dict[str, Tensor]) -> LossTerms:
+        # Dropout on the query is allowed (the default): the query loss is the only loss θ learns from in
+        # meta-training, and dropout regularizes it as in supervised training; test time never runs this forward
+        # with gradients (synthesis is eval mode like any trained model's), so it cannot make the two disagree.
         with _mode(model, model.training and query_dropout):
             return loss(functional_call(model, fast, (query,)), query)
 

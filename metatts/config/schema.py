@@ -220,6 +220,10 @@ class MetaConfig:
     learn_inner_lr: bool = True  # learn a per-parameter inner learning rate (Meta-SGD)
     inner_lr_mode: str = "per_parameter"  # learned rates: per_parameter (one per element, Meta-SGD) | per_tensor
     first_order: bool = False  # drop second-order terms of the meta-gradient
+    # Amortized start (LEO, Meta-StyleSpeech): a reference encoder over the support clips' mels, meta-trained with θ,
+    # predicts the speaker tensors adaptation starts from (φ0 + Δ(support)); step 0 is then zero-shot cloning.
+    amortized_start: bool = False
+    reference_channels: int = 128  # width of that reference encoder (its convolutions and hidden layer)
     outer_lr: float = 3e-4  # outer Adam learning rate (beta) of the model's weights
     init_lr: float = 3e-3  # outer Adam learning rate of the new-speaker slot φ0 (the meta-learned initialization)
     rates_lr: float = 1e-2  # outer Adam learning rate of the learned inner rates (log-parameterized: ~1 % per step)
@@ -242,6 +246,8 @@ class MetaConfig:
                  f"must be per_parameter or per_tensor, got {self.inner_lr_mode!r}")
         _require(self.val_tasks >= 0, f"{path}.val_tasks", "must be >= 0 (0 turns meta-validation off)")
         _require(self.max_bad_steps >= 1, f"{path}.max_bad_steps", "must be at least 1")
+        _require(1 <= self.reference_channels <= 4096, f"{path}.reference_channels",
+                 f"must be in 1..4096, got {self.reference_channels}")
 
 
 @dataclass

@@ -3,7 +3,7 @@
     per task (support, query, dropout seed), all utterances on the new-speaker slot:
         support durations from the aligner, no graph (MAS does not run inside the inner loop)
         query through the aligner with a graph (its forward-sum loss keeps the aligner learning)
-        φ_k = adapt(L_support(θ, ·), φ_0, k, α)           second order unless ``first_order``
+        φ_k = adapt(L_support(θ, ·), φ_start, k, α)       φ_start = φ_0 (+ Δ(support) with a reference encoder)
         L_task = L_query(θ, φ_k) + w_fs · L_forward_sum(query)
         backward of L_task / B                            B = the whole meta-batch (all ranks)
     gradients summed over ranks; skip the step if any rank saw a non-finite loss or the gradient is non-finite;
@@ -24,11 +24,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metatts.adapt.start import starting_params
 from metatts.align.aligner import forward_sum_loss
 from metatts.meta import distributed as mdist
 from metatts.meta.inner_loop import adapt, make_loss_fn
 from metatts.meta.inner_lr import InnerLR
-from metatts.model.acoustic import select_parameters
 from metatts.model.batch import Batch
 from metatts.model.losses import FastSpeech2Loss, LossTerms
 from metatts.runtime.precision import autocast, inner_loss_scale
@@ -45,11 +45,12 @@ class TaskLoss:
 def task_loss(model: nn.Module, support: Batch, query: Batch, lr: float | Mapping[str, Tensor],
               groups: Sequence[str], *, steps: int, first_order: bool = False,
               loss: FastSpeech2Loss | None = None, loss_scale: float | None = None) -> TaskLoss:
-    """k inner steps on the support from the model's own φ_0, then the query losses at φ_k. Differentiable into
-    every parameter of ``model`` and into ``lr`` (second order unless ``first_order``). ``loss_scale``: the inner
+    """k inner steps on the support from φ_start (the model's own φ_0, plus its reference encoder's prediction from
+    the support when it has one: ``adapt.start``), then the query losses at φ_k. Differentiable into every
+    parameter of ``model`` and into ``lr`` (second order unless ``first_order``). ``loss_scale``: the inner
     loss scale under fp16 autocast (``metatts.runtime.precision.inner_loss_scale``)."""
     loss = loss or FastSpeech2Loss()
-    fast = select_parameters(model, groups)
+    fast = starting_params(model, groups, support)
     inner = adapt(make_loss_fn(model, None, (support,), lambda out: loss(out, support).total), fast, steps, lr,
                   first_order=first_order, loss_scale=loss_scale)
     return TaskLoss(query=loss(functional_call(model, inner.fast, (query,)), query), support=inner.losses)

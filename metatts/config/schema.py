@@ -220,8 +220,9 @@ class MetaConfig:
     learn_inner_lr: bool = True  # learn a per-parameter inner learning rate (Meta-SGD)
     inner_lr_mode: str = "per_parameter"  # learned rates: per_parameter (one per element, Meta-SGD) | per_tensor
     first_order: bool = False  # drop second-order terms of the meta-gradient
-    # Amortized start (LEO, Meta-StyleSpeech): a reference encoder over the support clips' mels, meta-trained with θ,
-    # predicts the speaker tensors adaptation starts from (φ0 + Δ(support)); step 0 is then zero-shot cloning.
+    # Amortized start (LEO, Meta-StyleSpeech): a reference encoder over the support clips' mels, meta-trained with θ
+    # (at outer_lr), predicts the speaker tensors adaptation starts from (φ0 + Δ(support)); step 0 is then zero-shot
+    # cloning. A model built with it holds the encoder (group reference_encoder); a voice pack never does.
     amortized_start: bool = False
     reference_channels: int = 128  # width of that reference encoder (its convolutions and hidden layer)
     outer_lr: float = 3e-4  # outer Adam learning rate (beta) of the model's weights

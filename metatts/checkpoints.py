@@ -35,7 +35,8 @@ INNER_LR_FILE = "inner_lr.safetensors"
 
 def build_model(config: Config, n_symbols: int, n_speakers: int | None = None) -> AcousticModel:
     """The acoustic model of a config, with one speaker-table row per training speaker (``n_speakers``; the
-    config's ``max_speakers`` when not given). Pitch/energy targets are z-scored, so their bins span ±4 sd."""
+    config's ``max_speakers`` when not given), and a reference encoder when ``meta.amortized_start``. Pitch/energy
+    targets are z-scored, so their bins span ±4 sd."""
     model_config = config.model
     if n_speakers is not None:
         if n_speakers > model_config.max_speakers:
@@ -43,7 +44,8 @@ def build_model(config: Config, n_symbols: int, n_speakers: int | None = None) -
         model_config = dataclasses.replace(model_config, max_speakers=max(n_speakers, 1))
     return AcousticModel(model_config, n_symbols=n_symbols, n_mels=config.audio.n_mels,
                          new_speaker_prob=model_config.new_speaker_prob,
-                         condition_variance_adaptor=model_config.condition_variance_adaptor)
+                         condition_variance_adaptor=model_config.condition_variance_adaptor,
+                         reference_channels=config.meta.reference_channels if config.meta.amortized_start else 0)
 
 
 # ------------------------------------------------------------------------------------------------ models

@@ -1,7 +1,8 @@
 """Fast adaptation at test time: the meta-learned inner loop, run from φ0 on a new speaker's clips.
 
     clips ─ ClipSet.batch() ─ aligner (once, no graph) ─ batch with durations
-    φ0 = the checkpoint's new-speaker slot (the speaker groups; ``groups`` may name others)
+    φ0 = the checkpoint's new-speaker slot (the speaker groups; ``groups`` may name others), plus its reference
+         encoder's prediction from the clips when it has one (``adapt.start``; 0 steps is then zero-shot cloning)
     φ_{i+1} = φ_i − α ⊙ ∇φ L_support(θ, φ_i)        k steps, eval mode (no dropout: deterministic), no graph kept
     voice pack = φ_k (only the adapted tensors) + metadata (base checkpoint hash, steps, losses, clips, audio)
 
@@ -32,6 +33,7 @@ from torch.func import functional_call
 
 from metatts.adapt.adapters import OPTIMIZERS, make_adapter
 from metatts.adapt.clips import ClipSet
+from metatts.adapt.start import starting_params
 from metatts.adapt.voicepack import VoicePack, check_fits, load_voice_pack, save_voice_pack
 from metatts.checkpoints import load_inner_lr
 from metatts.config import config_from_dict
@@ -196,12 +198,12 @@ def adapt_voice(model: nn.Module, checkpoint: str | os.PathLike, clips: ClipSet,
     digest = digest if digest is not None else weights_digest(checkpoint)
     config = config_from_dict(meta.config)
     groups = list(groups) if groups else list(config.model.speaker_groups)
-    fast0 = {n: p.detach() for n, p in select_parameters(model, groups).items()}
-    if not fast0:
+    phi0 = {n: p.detach() for n, p in select_parameters(model, groups).items()}
+    if not phi0:
         raise ValueError(f"groups {', '.join(groups)} hold no parameter in this model")
-    rates, lr_kind = resolve_lr(checkpoint, fast0, lr, optimizer, config.meta.inner_lr)
+    rates, lr_kind = resolve_lr(checkpoint, phi0, lr, optimizer, config.meta.inner_lr)
     device = next(model.parameters()).device
-    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in fast0}
+    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in phi0}
     loss = FastSpeech2Loss()
 
     was_training = model.training
@@ -214,6 +216,7 @@ def adapt_voice(model: nn.Module, checkpoint: str | os.PathLike, clips: ClipSet,
             for bucket in length_buckets([c.frames for c in clips.clips]):
                 batch = clips.batch(bucket).to(device)
                 batches.append(batch.with_durations(model.alignment(batch).durations))  # MAS once, not per step
+            fast0 = starting_params(model, groups, batches, differentiable=False)
             loss_fn = support_loss_fn(model, frozen, batches, loss)
             adapter = make_adapter(optimizer, loss_fn, fast0, rates, l2_anchor=l2_anchor)
             adapter.advance(steps)

@@ -228,6 +228,11 @@ class MetaConfig:
     # dropout in the query forward, as supervised training regularizes θ; the support forward never has dropout (test
     # time adapts in eval mode)
     query_dropout: bool = True
+    # Amortized start (LEO, Meta-StyleSpeech): a reference encoder over the support clips' mels, meta-trained with θ
+    # (at outer_lr), predicts the speaker tensors adaptation starts from (φ0 + Δ(support)); step 0 is then zero-shot
+    # cloning. A model built with it holds the encoder (group reference_encoder); a voice pack never does.
+    amortized_start: bool = False
+    reference_channels: int = 128  # width of that reference encoder (its convolutions and hidden layer)
     outer_lr: float = 3e-4  # outer Adam learning rate (beta) of the model's weights
     init_lr: float = 3e-3  # outer Adam learning rate of the new-speaker slot φ0 (the meta-learned initialization)
     rates_lr: float = 1e-2  # outer Adam learning rate of the learned inner rates (log-parameterized: ~1 % per step)
@@ -256,6 +261,8 @@ class MetaConfig:
                  f"{path}.inner_lr_per_step", "needs meta.learn_inner_lr: true and meta.inner_steps >= 1")
         _require(self.val_tasks >= 0, f"{path}.val_tasks", "must be >= 0 (0 turns meta-validation off)")
         _require(self.max_bad_steps >= 1, f"{path}.max_bad_steps", "must be at least 1")
+        _require(1 <= self.reference_channels <= 4096, f"{path}.reference_channels",
+                 f"must be in 1..4096, got {self.reference_channels}")
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 The quick yardstick (teacher-forced, no synthesis): meta-validation during `metatts meta-train`, `metatts tasks`,
 the demo and the equal-compute benchmark. Every method adapts the same way (``adapt.adapters.SGDAdapter`` from the
-model's new-speaker slot), a meta-trained model with its learned rates and the multi-speaker baseline with one
-rate. ``metatts evaluate`` (``evaluation.harness``) adds synthesis and speaker metrics on top.
+start ``adapt.start`` gives: the model's new-speaker slot, amortized when it has a reference encoder), a
+meta-trained model with its learned rates and the multi-speaker baseline with one rate. ``metatts evaluate``
+(``evaluation.harness``) adds synthesis and speaker metrics on top.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metatts.adapt.adapters import SGDAdapter
+from metatts.adapt.start import starting_params
 from metatts.checkpoints import load_for_store, load_inner_lr
 from metatts.episodes.collate import Collator, aligned_batch
 from metatts.episodes.sampler import Episode
@@ -69,9 +71,10 @@ def _as_lr(inner_lr: Rates | InnerLR, device: torch.device) -> Rates:
 
 def adaptation_curve(model: nn.Module, inner_lr: Rates | InnerLR, episodes: Sequence[Episode],
                      collator: Collator, steps_grid: Sequence[int], groups: Sequence[str]) -> AdaptationCurve:
-    """Adapt ``groups`` from the model's slot on each episode's support with plain SGD (``inner_lr``: one float,
-    or per-tensor rates such as a meta-trained ``InnerLR``, shared or per step) and record the query loss after
-    each count in ``steps_grid``. Eval mode (no dropout), no graph kept; the model is left as it was."""
+    """Adapt ``groups`` from each episode's start (``adapt.start``: the model's slot, plus its reference encoder's
+    prediction from the support when it has one) with plain SGD (``inner_lr``: one float, or per-tensor rates such
+    as a meta-trained ``InnerLR``, shared or per step) and record the query loss after each count in
+    ``steps_grid``. Eval mode (no dropout), no graph kept; the model is left as it was."""
     grid = step_grid(steps_grid)
     device = next(model.parameters()).device
     lr = _as_lr(inner_lr, device)
@@ -80,12 +83,13 @@ def adaptation_curve(model: nn.Module, inner_lr: Rates | InnerLR, episodes: Sequ
     was_training = model.training
     model.eval()
     try:
-        fast0 = {n: p.detach() for n, p in select_parameters(model, groups).items()}
-        frozen = {n: p.detach() for n, p in model.named_parameters() if n not in fast0}
+        fast_names = set(select_parameters(model, groups))
+        frozen = {n: p.detach() for n, p in model.named_parameters() if n not in fast_names}
         curve = AdaptationCurve(steps=grid, speakers=[], mel=[], total=[])
         for episode in episodes:
             support = aligned_batch(model, collator, episode.support, device)
             query = aligned_batch(model, collator, episode.query, device)
+            fast0 = starting_params(model, groups, support, differentiable=False)
             adapter = SGDAdapter(make_loss_fn(model, frozen, (support,), lambda out, b=support: loss(out, b).total),
                                  fast0, lr)
             mel_row, total_row = [], []

@@ -4,8 +4,9 @@ the step grid from one episode's support clips. All adapt from the new-speaker s
 the slot.
 
 - ``meta``: the meta-trained checkpoint's speaker group (``model.speaker_groups``) with plain SGD at its learned
-  Meta-SGD rates, eval mode, no graph -- the loss and rates of ``metatts adapt`` (``adapt_voice``), on the store's
-  features of the support clips instead of re-extracted files.
+  Meta-SGD rates, eval mode, no graph -- the start, loss and rates of ``metatts adapt`` (``adapt_voice``; the start
+  is amortized when the checkpoint has a reference encoder), on the store's features of the support clips instead
+  of re-extracted files.
 - ``baseline``: the multi-speaker (``metatts train``) checkpoint, the same group and SGD, lr = its config's
   ``meta.inner_lr`` unless ``baseline_lr`` is given (Meta-TTS's baseline).
 - ``full``: the baseline fine-tuning every parameter with Adam (``full_lr``), eval mode.
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from metatts.adapt.adapters import Adapter, AdamAdapter, SGDAdapter
 from metatts.adapt.fast import length_buckets, resolve_lr, support_loss_fn
+from metatts.adapt.start import starting_params
 from metatts.checkpoints import StoreModel
 from metatts.episodes.collate import aligned_batch
 from metatts.episodes.sampler import Episode
@@ -33,6 +35,7 @@ from metatts.evaluation.dvector import DvectorModel, fit_dvector_model
 from metatts.evaluation.metrics import mean_embedding
 from metatts.evaluation.real_audio import RealAudio
 from metatts.model.acoustic import select_parameters
+from metatts.model.batch import Batch
 from metatts.model.losses import FastSpeech2Loss
 
 FULL_LR = 1e-4  # Adam's step for fine-tuning every parameter (Adam's step is ~lr per element)
@@ -94,14 +97,17 @@ class Method:
         return {}
 
     # --- helpers shared by the gradient methods
-    def _support_loss(self, episode: Episode, fast_names: set[str]):
-        """The support loss of ``metatts adapt``: the FastSpeech 2 terms over length buckets of the support clips."""
+    def _support(self, episode: Episode) -> list[Batch]:
+        """The support clips as ``metatts adapt`` batches them: length buckets with the aligner's durations."""
         ev, ids = self.model, list(episode.support)
         frames = [ev.collator.store.by_id[i].frames for i in ids]
-        batches = [aligned_batch(ev.model, ev.collator, [ids[j] for j in bucket], self.context.device)
-                   for bucket in length_buckets(frames)]
-        frozen = {n: p.detach() for n, p in ev.model.named_parameters() if n not in fast_names}
-        return support_loss_fn(ev.model, frozen, batches, FastSpeech2Loss())
+        return [aligned_batch(ev.model, ev.collator, [ids[j] for j in bucket], self.context.device)
+                for bucket in length_buckets(frames)]
+
+    def _support_loss(self, support: list[Batch], fast_names: set[str]):
+        """The support loss of ``metatts adapt``: the FastSpeech 2 terms over the buckets of ``_support``."""
+        frozen = {n: p.detach() for n, p in self.model.model.named_parameters() if n not in fast_names}
+        return support_loss_fn(self.model.model, frozen, support, FastSpeech2Loss())
 
     def _slot(self) -> dict[str, Tensor]:
         return {n: p.detach() for n, p in select_parameters(self.model.model, self.context.groups).items()}
@@ -121,9 +127,10 @@ class MetaMethod(Method):
     name, checkpoint = "meta", "meta"
 
     def adapter(self, episode: Episode) -> Adapter:
-        fast0 = self._slot()
+        support = self._support(episode)
+        fast0 = starting_params(self.model.model, self.context.groups, support, differentiable=False)
         rate, _ = resolve_lr(self.model.path, fast0, None, "sgd", self.model.config.meta.inner_lr)
-        return SGDAdapter(self._support_loss(episode, set(fast0)), fast0, rate)
+        return SGDAdapter(self._support_loss(support, set(fast0)), fast0, rate)
 
     def settings(self) -> dict:
         return {"meta_lr": "learned Meta-SGD rates, per step when meta-training learned them (load_inner_lr)"}
@@ -140,7 +147,7 @@ class BaselineMethod(Method):
 
     def adapter(self, episode: Episode) -> Adapter:
         fast0 = self._slot()
-        return SGDAdapter(self._support_loss(episode, set(fast0)), fast0, self.rate)
+        return SGDAdapter(self._support_loss(self._support(episode), set(fast0)), fast0, self.rate)
 
     def settings(self) -> dict:
         return {"baseline_lr": self.rate}
@@ -152,7 +159,7 @@ class FullMethod(Method):
 
     def adapter(self, episode: Episode) -> Adapter:
         fast0 = {n: p.detach() for n, p in self.model.model.named_parameters()}
-        return AdamAdapter(self._support_loss(episode, set(fast0)), fast0, self.context.full_lr)
+        return AdamAdapter(self._support_loss(self._support(episode), set(fast0)), fast0, self.context.full_lr)
 
     def settings(self) -> dict:
         return {"full_lr": self.context.full_lr, "full_optimizer": "adam"}

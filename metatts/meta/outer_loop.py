@@ -53,7 +53,7 @@ from metatts.evaluation.curves import adaptation_curve
 from metatts.meta import distributed as mdist
 from metatts.meta.inner_lr import InnerLR
 from metatts.meta.step import MetaStepSettings, StepStats, Task, meta_step
-from metatts.model.acoustic import select_parameters
+from metatts.model.acoustic import REFERENCE_PREFIX, select_parameters
 from metatts.model.losses import FastSpeech2Loss, LossWeights
 from metatts.runtime.checkpoint import CheckpointError, load_weights, read_meta
 from metatts.runtime.env import resolve_device, rng_state, seed_everything, set_threads
@@ -194,7 +194,9 @@ def _restore(setup: _Setup, checkpoint: Path, init_from, resume: bool, log) -> d
         state = restore_training_state(checkpoint, setup.optimizer, setup.schedule, setup.scaler)
         return {**state, "extra": state_meta.extra}
     if init_from is not None:
-        load_weights(init_from, setup.model)
+        # A checkpoint without a reference encoder (``metatts train``, or meta-training without meta.amortized_start)
+        # starts one fresh: its zero head predicts φ0 exactly, so the run begins where that checkpoint was.
+        load_weights(init_from, setup.model, fresh=(REFERENCE_PREFIX,))
         from_meta = read_meta(init_from)
         if from_meta.kind == "meta" and setup.inner_lr is not None:
             load_inner_lr_into(Path(init_from), from_meta, setup.inner_lr)

@@ -3,12 +3,13 @@
     per task (support, query, dropout seed), all utterances on the new-speaker slot:
         support durations from the aligner, no graph (MAS does not run inside the inner loop)
         query through the aligner with a graph (its forward-sum loss keeps the aligner learning)
-        φ_i = adapt(L_support(θ, ·), φ_0, i, α_i)         eval mode (no dropout, as at test time); α_i per step or
+        φ_i = adapt(L_support(θ, ·), φ_start, i, α_i)     eval mode (no dropout, as at test time); α_i per step or
                                                           shared; second order unless first order (``first_order``,
                                                           or before meta-step ``first_order_steps``)
         L_task = Σ_i w_i L_query(θ, φ_i) + w_fs · L_forward_sum(query)
                                                           w = (0, …, 0, 1) unless the multi-step loss
                                                           (``multi_step_weights``); query dropout per ``query_dropout``
+                                                          φ_start = φ_0 (+ Δ(support) with a reference encoder)
         backward of L_task / B                            B = the whole meta-batch (all ranks)
     gradients summed over ranks; skip the step if any rank saw a non-finite loss or the gradient is non-finite;
     clip; optimizer step
@@ -29,11 +30,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metatts.adapt.start import starting_params
 from metatts.align.aligner import forward_sum_loss
 from metatts.meta import distributed as mdist
 from metatts.meta.inner_loop import InnerResult, Rates, adapt, make_loss_fn
 from metatts.meta.inner_lr import InnerLR
-from metatts.model.acoustic import select_parameters
 from metatts.model.batch import Batch
 from metatts.model.losses import FastSpeech2Loss, LossTerms
 from metatts.runtime.precision import autocast, inner_loss_scale
@@ -83,7 +84,8 @@ def _mode(model: nn.Module, training: bool):
 def support_adapt(model: nn.Module, support: Batch, lr: Rates, groups: Sequence[str], *, steps: int,
                   first_order: bool = False, loss: FastSpeech2Loss | None = None, loss_scale: float | None = None,
                   keep_path: bool = False) -> InnerResult:
-    """Meta-training's inner loop: k steps on the support from the model's own φ_0, differentiable into every
+    """Meta-training's inner loop: k steps on the support from φ_start (the model's own φ_0, plus its reference
+    encoder's prediction from the support when it has one: ``adapt.start``), differentiable into every
     parameter and into ``lr``. The support forward always runs in eval mode (no dropout), whatever the model's
     mode, because test-time adaptation (``adapt.fast.adapt_voice``, the evaluation, meta-validation) adapts in eval
     mode: the inner loop meta-training learns φ_0 and α for must be the one that runs at test time, and a dropout
@@ -98,7 +100,7 @@ def support_adapt(model: nn.Module, support: Batch, lr: Rates, groups: Sequence[
         with _mode(model, False):
             return forward(fast)
 
-    return adapt(support_loss, select_parameters(model, groups), steps, lr, first_order=first_order,
+    return adapt(support_loss, starting_params(model, groups, support), steps, lr, first_order=first_order,
                  loss_scale=loss_scale, keep_path=keep_path)
 
 

@@ -19,7 +19,9 @@ training, from the batch when it carries external ones, and from the duration pr
 
 Every parameter belongs to exactly one named group (``parameter_groups``); the speaker groups are the new-speaker
 slot tensors (see ``metatts.model.speaker``), so MAML's fast weights are ``select_parameters(model,
-["speaker_embedding", "speaker_norms"])``.
+["speaker_embedding", "speaker_norms"])``. With ``reference_channels`` > 0 the model also holds a reference encoder
+(the ``reference_encoder`` group, ``metatts.model.reference``) that predicts where adaptation starts from the
+support clips; the forward passes never use it (``metatts.adapt.start`` does).
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from metatts.align.aligner import Aligner, AlignerConfig, AlignmentOutput
 from metatts.config.schema import ModelConfig
 from metatts.model.batch import Batch, ModelOutput, Synthesis, lengths_to_mask
 from metatts.model.layers import FFTStack, LengthRegulator, Postnet, VariancePredictor
+from metatts.model.reference import ReferenceEncoder
 from metatts.model.speaker import SpeakerCondition, SpeakerConditioning
 
+REFERENCE_PREFIX = "reference_encoder."  # the amortized start's encoder (``metatts.model.reference``)
 # Group of each parameter, by name prefix (first match wins; the speaker module's own names come first).
 _GROUP_PREFIXES = (
     ("speaker.slot_embedding", "speaker_embedding"),
@@ -51,6 +55,8 @@ _GROUP_PREFIXES = (
     ("mel_head.", "mel_head"),
     ("postnet.", "postnet"),
     ("aligner.", "aligner"),
+    # Meta-trained like θ but used only to predict a new speaker's starting slot; never in a voice pack.
+    (REFERENCE_PREFIX, "reference_encoder"),
 )
 # Low-rank adapters (``model.adapter_rank`` > 0) sit inside the decoder's layers but are their own group: per-voice
 # fast weights that plain multi-speaker training leaves at zero effect (see ``layers.LowRankDelta``).
@@ -138,13 +144,14 @@ class AcousticModel(nn.Module):
     ``n_symbols`` counts the phoneme table including padding id 0. ``pitch_range`` / ``energy_range`` are the
     normalized values the pitch/energy embedding bins span. ``new_speaker_prob`` is the fraction of training
     utterances routed to the new-speaker slot. ``condition_variance_adaptor`` also makes the predictors' layer norms
-    speaker-conditional (more per-speaker floats: 6 x 2 x predictor_filter).
+    speaker-conditional (more per-speaker floats: 6 x 2 x predictor_filter). ``reference_channels`` > 0 adds the
+    reference encoder of an amortized start (``metatts.model.reference``) with that width; 0: none.
     """
 
     def __init__(self, config: ModelConfig, n_symbols: int, n_mels: int = 80, *,
                  pitch_range: tuple[float, float] = (-4.0, 4.0), energy_range: tuple[float, float] = (-4.0, 4.0),
                  aligner: AlignerConfig | None = None, new_speaker_prob: float = 0.1,
-                 condition_variance_adaptor: bool = False, postnet_channels: int = 512):
+                 condition_variance_adaptor: bool = False, postnet_channels: int = 512, reference_channels: int = 0):
         super().__init__()
         config.check()
         self.config = config
@@ -164,6 +171,10 @@ class AcousticModel(nn.Module):
         if condition_variance_adaptor:
             norm_widths = norm_widths + self.variance_adaptor.norm_widths
         self.speaker = SpeakerConditioning(config.max_speakers, config.speaker_dim, h, norm_widths, new_speaker_prob)
+        self.reference_encoder = ReferenceEncoder(
+            n_mels, reference_channels, {"speaker.slot_embedding": tuple(self.speaker.slot_embedding.shape),
+                                         "speaker.slot_norms": tuple(self.speaker.slot_norms.shape)}
+        ) if reference_channels > 0 else None
 
     # ----------------------------------------------------------------------------------------------- groups
     def parameter_groups(self) -> dict[str, list[str]]:

@@ -191,10 +191,14 @@ def read_checkpoint_tensors(directory: str | Path, name: str) -> dict[str, torch
     return read_tensors(confined_file(directory, name, Path(directory) / "meta.json"), "tensor file")
 
 
-def load_weights(directory: str | Path, model: torch.nn.Module) -> None:
-    """Load weights into ``model``; missing, unexpected or mis-shaped tensors raise naming a few of them."""
+def load_weights(directory: str | Path, model: torch.nn.Module, *, fresh: tuple[str, ...] = ()) -> None:
+    """Load weights into ``model``; missing, unexpected or mis-shaped tensors raise naming a few of them.
+    ``fresh``: name prefixes the file may lack (a part the checkpoint's config did not have): those tensors keep
+    the model's own values."""
     tensors = read_weights(directory)
     expected = model.state_dict()
+    kept = {k: v for k, v in expected.items() if k not in tensors and k.startswith(fresh)} if fresh else {}
+    tensors = {**tensors, **kept}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     shapes = [f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()

@@ -107,3 +107,6 @@ def test_real_speech_is_recognized_and_destroyed_speech_is_not(recognizer, vctk_
     first = recognizer.transcribe(waves[0], 22050)
     recognizer.transcribe(noise[1], 22050)
     assert recognizer.transcribe(waves[0], 22050) == first == scoring_text(first)
+    # ... and whatever came before: one decoder reused across utterances read these differently by order.
+    backward = [recognizer.transcribe(w, 22050) for w in reversed(waves[:5])][::-1]
+    assert backward == [recognizer.transcribe(w, 22050) for w in waves[:5]]

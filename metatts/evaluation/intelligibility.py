@@ -7,8 +7,8 @@ The recognizer is weak: PocketSphinx 5's continuous US-English model with its 3-
 VCTK at a WER around 0.4 and the Mandarin-L1 adults of speechocean762 worse. It is still a usable instrument
 here because it is applied the same way to real recordings of the same sentences, so the ratio synthesized/real
 is what says how much intelligibility a voice lost; the absolute rate says little. Decoding is deterministic and
-stateless across calls (batch cepstral mean normalization over the whole utterance), so a clip's transcript does
-not depend on what was transcribed before it.
+stateless across calls (a fresh decoder per utterance, batch cepstral mean normalization over it), so a clip's
+transcript does not depend on what was transcribed before it.
 
 Error rates: edits are Levenshtein distances (substitution, insertion, deletion all cost 1) between the
 normalized reference and hypothesis; WER on words, CER on the characters of the words joined by single spaces
@@ -144,10 +144,16 @@ class Recognizer:
         if missing:
             raise ScorerUnavailable(SCORER, f"pocketsphinx's bundled en-us model is missing: {', '.join(missing)}")
         self.model_files = {name: str(path) for name, path in files.items()}
-        # samprate must match the acoustic model; "batch" CMN normalizes over the whole utterance, which keeps
-        # decoding independent of earlier utterances (the default "live" CMN carries state over).
-        self._decoder = pocketsphinx.Decoder(**self.model_files, samprate=RECOGNIZER_SAMPLE_RATE, cmn="batch",
-                                             loglevel="FATAL")
+        self._pocketsphinx = pocketsphinx
+        self._decoder()  # fail here, not at the first clip, if the model does not load
+
+    def _decoder(self):
+        # samprate must match the acoustic model; "batch" CMN normalizes over the whole utterance. A decoder is
+        # built per utterance (~0.5 s): one decoder reused across utterances carries state (measured: the same
+        # clip read in another order gave other words, with batch CMN, set_cmn, remove_noise off and agc none
+        # alike), and a synthesized sentence must be read exactly as its real recording would be.
+        return self._pocketsphinx.Decoder(**self.model_files, samprate=RECOGNIZER_SAMPLE_RATE, cmn="batch",
+                                          loglevel="FATAL")
 
     def transcribe(self, wave: np.ndarray, sample_rate: int) -> str:
         """The recognized words of a mono waveform at ``sample_rate`` (lower case, space separated; "" when
@@ -157,7 +163,7 @@ class Recognizer:
         if np.sqrt(np.mean(np.square(wave, dtype=np.float64))) <= 10.0 ** (SILENCE_DBFS / 20.0):
             return ""
         pcm = np.round(wave * 32767.0).astype("<i2").tobytes()
-        decoder = self._decoder
+        decoder = self._decoder()
         decoder.start_utt()
         decoder.process_raw(pcm, no_search=False, full_utt=True)
         decoder.end_utt()

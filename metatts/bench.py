@@ -1,14 +1,16 @@
 """`metatts bench`: the adaptation benchmark's headline numbers, from an evaluation plus a few timings.
 
-    steps_ratio_vs_baseline        100 ÷ the fewest steps at which the meta method's mean speaker similarity reaches
-                                   the baseline's at 100 steps (null with the reason when it never does, when it
-                                   already does with 0 steps, or when 100 is not in the grid)
+    steps_ratio_vs_baseline        100 ÷ the fewest steps at which the meta method's mean gap closed reaches the
+                                   tuned baseline's at 100 steps, with both points' 95 % intervals (null with the
+                                   reason when it never does, when it already does with 0 steps, or when 100 is not
+                                   in the grid)
     adapt_seconds_5clips_10steps   wall and CPU seconds of one ``adapt_voice`` (5 clips, 10 steps, 2 threads):
                                    median of ``runs`` runs after a warm-up; clip reading excluded
     voice_pack_bytes               the saved pack's file size and its tensors' bytes
     synthesis_rtf                  seconds to synthesize ÷ seconds of audio, Griffin-Lim and HiFi-GAN (when installed)
     meta_train_throughput          tasks per second of meta-training, from the meta run's log.jsonl
-    similarity, eer, compute       copied from the evaluation's results.json
+    gap_closed, similarity, eer,   copied from the evaluation's results.json
+    references, compute
 
 Writes ``<out>/adaptation-<date>.json`` with machine info (load average included: timings on a shared machine
 are only as good as its load).
@@ -30,29 +32,37 @@ SENTENCES = ["The birch canoe slid on the smooth planks.", "Glue the sheet to th
              "It is easy to tell the depth of a well.", "These days a chicken leg is a rare dish."]
 
 
-def steps_ratio(similarity: dict, meta: str = "meta", baseline: str = "baseline", reference_step: int = 100) -> dict:
-    """How many times fewer steps the meta method needs to match the baseline's similarity at ``reference_step``.
-    ``similarity``: method → step (str or int) → mean similarity, as in results.json."""
-    def curve(method: str) -> dict[int, float]:
-        return {int(k): v for k, v in similarity.get(method, {}).items() if v is not None}
+def steps_ratio(results: dict, meta: str = "meta", baseline: str = "baseline", reference_step: int = 100,
+                metric: str = "gap_closed") -> dict:
+    """How many times fewer steps the meta method needs to match the baseline's ``metric`` (gap closed: similarity
+    read between a stranger's and the speaker's own recordings) at ``reference_step``, from the means of an
+    evaluation's results.json, with the 95 % intervals of the two points it compares (``meta_interval`` at
+    ``reached_at``, ``baseline_interval`` at the reference step): when they overlap, the match is within noise."""
+    from metatts.evaluation.results import intervals_from_json
+
+    table = intervals_from_json(results, metric)
+
+    def curve(method: str) -> dict[int, tuple[float, float, float]]:
+        return {k: v for k, v in table.get(method, {}).items() if v[0] == v[0]}
 
     meta_curve, base_curve = curve(meta), curve(baseline)
-    out = {"value": None, "reached_at": None, "baseline_at_reference": None, "reference_step": reference_step,
-           "reason": None}
+    out = {"metric": metric, "value": None, "reached_at": None, "baseline_at_reference": None,
+           "baseline_interval": None, "meta_interval": None, "reference_step": reference_step, "reason": None}
     if not meta_curve or not base_curve:
-        out["reason"] = f"the evaluation has no similarity for both {meta!r} and {baseline!r}"
+        out["reason"] = f"the evaluation has no {metric} for both {meta!r} and {baseline!r}"
         return out
     if reference_step not in base_curve:
         out["reason"] = f"{reference_step} steps are not in the evaluation's step grid ({sorted(base_curve)})"
         return out
     target = base_curve[reference_step]
-    out["baseline_at_reference"] = target
-    reached = [k for k in sorted(meta_curve) if meta_curve[k] >= target]
+    out["baseline_at_reference"], out["baseline_interval"] = target[0], list(target[1:])
+    reached = [k for k in sorted(meta_curve) if meta_curve[k][0] >= target[0]]
     if not reached:
-        out["reason"] = (f"the meta method never reaches the baseline's similarity at {reference_step} steps "
-                         f"({target:.4f}; its best is {max(meta_curve.values()):.4f})")
+        best = max(meta_curve.values())[0]
+        out["reason"] = (f"the meta method never reaches the baseline's {metric} at {reference_step} steps "
+                         f"({target[0]:.4f}; its best is {best:.4f})")
         return out
-    out["reached_at"] = reached[0]
+    out["reached_at"], out["meta_interval"] = reached[0], list(meta_curve[reached[0]][1:])
     if reached[0] == 0:
         out["reason"] = "the meta method reaches it with 0 steps: the ratio is unbounded"
         return out
@@ -227,10 +237,13 @@ def run_bench(evaluation: str | Path, checkpoint: str | Path, *, clips: str | Pa
     torch.set_num_threads(torch_threads)
     record = {
         "date": today,
-        "steps_ratio_vs_baseline": steps_ratio(results["similarity"]),
+        "steps_ratio_vs_baseline": steps_ratio(results),
+        "steps_ratio_vs_baseline_similarity": steps_ratio(results, metric="similarity"),
         **timing,
+        "gap_closed": results.get("gap_closed"),
         "similarity": results["similarity"],
         "eer": results["eer"],
+        "references": results.get("references"),
         "compute": results["compute"],
         "synthesis_rtf": rtf,
         "meta_train_throughput": meta_train_throughput(checkpoint),

@@ -287,28 +287,44 @@ def _is_older_evaluation(path: Path) -> bool:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from metatts.evaluation.harness import METHODS, run_evaluation
+    from metatts.evaluation.harness import DEFAULT_GRID, METHODS, adhoc_suite, run_evaluation
     from metatts.evaluation.listening import write_listening_page
     from metatts.runtime.outputs import claim_folder
 
     methods = [m.strip() for item in args.methods or METHODS for m in item.split(",") if m.strip()]
     steps = [int(s) for item in args.steps for s in str(item).split(",") if s.strip()] if args.steps else None
-    out = Path(args.out) if args.out else Path("runs") / "evaluate" / Path(args.task).stem
+    if args.task:
+        suite = args.task
+    elif args.features:
+        suite = adhoc_suite(args.features, split=args.split, shots=args.shots, queries=args.queries,
+                            tasks_per_speaker=args.tasks_per_speaker or 2, seed=args.seed,
+                            steps=steps or DEFAULT_GRID)
+    else:
+        raise UserError("evaluate needs --task tasks/X.yaml, or --features STORE to build the suite from its "
+                        "held-out speakers")
+    out = Path(args.out) if args.out else Path("runs") / "evaluate" / (Path(args.task).stem if args.task
+                                                                       else suite.name)
     claim_folder(out, "evaluation", adopt=lambda path: _is_older_evaluation(path))
-    results = run_evaluation(args.checkpoint, args.baseline, args.task, out, methods=methods,
+    results = run_evaluation(args.checkpoint, args.baseline, suite, out, methods=methods,
                              steps=steps, vocoder=args.vocoder, device=args.device,
-                             samples=args.samples, progress=not args.quiet, features=args.features,
+                             samples=args.samples, progress=not args.quiet,
+                             features=args.features if args.task else None,
                              baseline_lr=args.baseline_lr, full_lr=args.full_lr, threads=args.threads,
-                             speakers=args.max_speakers, tasks_per_speaker=args.tasks_per_speaker)
-    print("speaker similarity (mean over episodes)")
+                             speakers=args.max_speakers, groups=args.groups,
+                             listener_steps=[int(k) for k in args.listener_steps] if args.listener_steps else None,
+                             tasks_per_speaker=args.tasks_per_speaker if args.task else None)
+    same = results.references["same_speaker"]["similarity"].mean
+    stranger = results.references["stranger"]["similarity"].mean
+    print(f"gap closed (mean over episodes; 0 = a stranger's real voice, similarity {stranger:.3f}; 1 = the "
+          f"speaker's own recordings, {same:.3f})")
     print("method".ljust(10) + "".join(f"{f'k={k}':>8}" for k in results.steps))
     for method in results.methods:
-        values = results.mean("similarity", method)
+        values = results.mean("gap_closed", method)
         print(method.ljust(10) + "".join(f"{values[k]:8.3f}" if math.isfinite(values[k]) else f"{'-':>8}"
                                          for k in results.steps))
     write_listening_page(out)
-    print(f"wrote {out / 'results.json'}, results.md, similarity.png, eer.png, samples/, tb/, index.html (listening "
-          f"page) ({results.seconds:.0f} s)")
+    print(f"wrote {out / 'results.json'}, results.md, gap_closed.png, similarity.png, eer.png, samples/, tb/, "
+          f"index.html (listening page) ({results.seconds:.0f} s)")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -504,23 +520,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.set_defaults(func=cmd_tasks)
 
-    p = sub.add_parser("evaluate", help="meta vs baselines on a task suite: similarity, EER, MCD, F0, mel L1 per step")
+    p = sub.add_parser("evaluate", help="meta vs tuned baselines against real references: gap closed, similarity, "
+                                        "EER, CER/WER, DNSMOS, MCD, F0, mel L1 per step, with intervals")
     p.add_argument("--checkpoint", help="the meta-trained checkpoint (needed by the meta method)")
     p.add_argument("--baseline", help="the multi-speaker `metatts train` checkpoint (baseline, full, none, dvector)")
-    p.add_argument("--task", required=True, help="task suite YAML (tasks/*.yaml)")
+    p.add_argument("--task", help="task suite YAML (tasks/*.yaml); without it the suite is built from --features "
+                                  "with --split/--shots/--queries/--tasks-per-speaker/--seed")
     p.add_argument("--features", help="feature store (overrides the suite's features)")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="held-out speakers of an on-the-fly "
+                                                                            "suite (default test)")
+    p.add_argument("--shots", type=int, default=5, help="support clips per episode of an on-the-fly suite (5)")
+    p.add_argument("--queries", type=int, default=5, help="query sentences per episode of an on-the-fly suite (5)")
+    p.add_argument("--seed", type=int, default=0, help="episode seed of an on-the-fly suite (0)")
     p.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="meta baseline full none dvector (default: all)")
-    p.add_argument("--steps", nargs="+", metavar="K", help="step counts (default: the suite's step_grid)")
+    p.add_argument("--groups", nargs="+", metavar="GROUP", help="speaker groups the baseline adapts (default: the "
+                                                                "meta checkpoint's)")
+    p.add_argument("--steps", nargs="+", metavar="K", help="step counts (default: the suite's step_grid; "
+                                                           "0 1 2 5 10 20 50 100 on the fly)")
+    p.add_argument("--listener-steps", nargs="+", metavar="K", help="step counts at which CER, WER and DNSMOS are "
+                   "scored (default: every step; they cost seconds per sentence on a CPU)")
     p.add_argument("--out", help="output folder (default runs/evaluate/<suite name>)")
-    p.add_argument("--vocoder", default="griffinlim",
-                   help="griffinlim (default: fast enough for every step of every method), hifigan, or a path")
+    p.add_argument("--vocoder", default="hifigan",
+                   help="hifigan (default: what `metatts synthesize` plays), griffinlim, or a path")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--baseline-lr", type=float, help="SGD rate of the baseline (default: its meta.inner_lr)")
-    p.add_argument("--full-lr", type=float, default=1e-4, help="Adam rate of full fine-tuning (default 1e-4)")
+    p.add_argument("--baseline-lr", type=float, help="fix the baseline's SGD rate (default: tuned on meta-val "
+                                                     "speakers)")
+    p.add_argument("--full-lr", type=float, help="fix full fine-tuning to Adam at this rate (default: optimizer and "
+                                                 "rate tuned on meta-val speakers)")
     p.add_argument("--samples", type=int, default=1, help="audio samples per speaker and step (default 1)")
     p.add_argument("--max-speakers", type=int, help="evaluate only the first N speakers of the suite")
-    p.add_argument("--tasks-per-speaker", type=int, help="override the suite's tasks_per_speaker")
+    p.add_argument("--tasks-per-speaker", type=int, help="override the suite's tasks_per_speaker (on the fly: 2)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)

@@ -136,12 +136,12 @@ def write_report(demo, folder: Path) -> Path:
              "training": plot_training(train, meta, folder / "training.png"),
              "support": plot_support(adapt, folder / "support.png")}
     harness = dict(evaluation.get("harness") or {})
-    for metric in ("similarity", "eer"):  # the state file is JSON: step counts come back as strings
-        harness[metric] = {m: {int(k): v for k, v in row.items()} for m, row in (harness.get(metric) or {}).items()}
-    if harness.get("similarity"):
-        plots["similarity"] = plot_adaptation(harness["similarity"], folder / "similarity.png",
-                                              "speaker similarity (Resemblyzer cosine)", "similarity",
-                                              shots=evaluation["shots"])
+    tables = harness.get("results") or {}
+    if tables.get("gap_closed"):
+        from metatts.evaluation.report import plot_curves
+
+        plots["gap_closed"] = plot_curves({**tables, "episodes": [None] * harness["episodes"]}, "gap_closed",
+                                          folder / "gap_closed.png")
     first = next(iter(synth["speakers"]))
     mel_files = [folder / "audio" / first / f"{m}-1.mel.pt" for m in ("meta", "baseline")]
     if all(p.is_file() for p in mel_files):
@@ -192,20 +192,20 @@ def write_report(demo, folder: Path) -> Path:
         lines += [f"Drop from k={grid[0]} to k={grid[-1]}: meta {_number(drop['meta'])}, baseline "
                   f"{_number(drop['baseline'])}. Steps the baseline needs to match the meta model: "
                   + "; ".join(needs) + ".", ""]
-    if harness.get("similarity"):
-        hgrid = [int(k) for k in harness["steps"]]
-        rows = [[m] + [_number(harness["similarity"][m].get(k, float("nan")), 3) for k in hgrid]
-                for m in harness["similarity"]]
-        lines += ["Speaker similarity of synthesized query sentences to the real speaker (Resemblyzer cosine, "
-                  f"higher is better; Griffin-Lim audio) and verification EER (lower is better), from "
-                  f"`metatts.evaluation.harness` on {harness['episodes']} episodes (full results in "
-                  f"`../eval/results.md`):", ""]
-        lines += _table(["similarity after k steps"] + [f"k={k}" for k in hgrid], rows) + [""]
-        if harness.get("eer"):
-            rows = [[m] + [_number(harness["eer"][m].get(k, float("nan")), 3) for k in hgrid]
-                    for m in harness["eer"]]
-            lines += _table(["EER after k steps"] + [f"k={k}" for k in hgrid], rows) + [""]
-        lines += ["![similarity](similarity.png)", ""]
+    if tables.get("gap_closed"):
+        from metatts.evaluation.report import TABLES, metric_table
+
+        vocoder = (tables.get("vocoder") or {}).get("name", "?")
+        lines += [f"How the adapted voices sound to a speaker encoder, a recognizer and a MOS predictor, from "
+                  f"`metatts.evaluation.harness` on {harness['episodes']} episodes ({vocoder} audio; full results, "
+                  f"listening page and intervals in `../eval/`). Cells: mean [95 % bootstrap interval over speakers]; "
+                  f"the rows in italics are real recordings: the speaker's own and a stranger's against the same "
+                  f"support clips, and the real query sentences read by the same recognizer. The baseline's rate was "
+                  f"chosen on meta-validation speakers.", ""]
+        for metric, title, pattern in TABLES:
+            if metric in tables:
+                lines += [f"**{title}**", "", *metric_table(tables, metric, pattern, compute=False), ""]
+        lines += ["![gap closed](gap_closed.png)", ""]
     else:
         lines += ["(Speaker similarity and EER come from `metatts evaluate` (`metatts demo --harness` runs it "
                   "here): it vocodes and embeds every query sentence at every step count, which does not fit the "
@@ -268,7 +268,8 @@ def write_report(demo, folder: Path) -> Path:
     path.write_text("\n".join(lines), encoding="utf-8")
     (folder / "numbers.json").write_text(json.dumps({
         "budget": demo.budget.name, "query_mel_l1": {m: {str(k): v for k, v in row.items()} for m, row in mel.items()},
-        "similarity": harness.get("similarity"), "eer": harness.get("eer"),
+        **{metric: tables.get(metric) for metric in ("gap_closed", "similarity", "eer", "cer", "wer", "dnsmos")},
+        "references": tables.get("references"),
         "stage_seconds": {n: stages[n]["seconds"] for n in stages if "seconds" in stages[n]},
         "voice_pack_bytes": {s: {m: r[m]["pack_bytes"] for m in ("meta", "baseline")}
                              for s, r in adapt["speakers"].items()},

@@ -15,8 +15,12 @@ from test_evaluate import evaluation, tiny_runs  # noqa: F401  (session fixtures
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _curves(meta: dict, baseline: dict) -> dict:
-    return {"meta": {str(k): v for k, v in meta.items()}, "baseline": {str(k): v for k, v in baseline.items()}}
+def _curves(meta: dict, baseline: dict, metric: str = "gap_closed") -> dict:
+    """A results.json fragment: interval cells (mean ± 0.05) as `metatts evaluate` writes them."""
+    def cells(curve):
+        return {str(k): {"mean": v, "ci_low": v - 0.05, "ci_high": v + 0.05} for k, v in curve.items()}
+
+    return {metric: {"meta": cells(meta), "baseline": cells(baseline)}}
 
 
 BASELINE = {0: 0.60, 1: 0.65, 5: 0.70, 10: 0.72, 100: 0.80}
@@ -25,7 +29,16 @@ BASELINE = {0: 0.60, 1: 0.65, 5: 0.70, 10: 0.72, 100: 0.80}
 def test_steps_ratio_reached_at_5_is_20():
     ratio = steps_ratio(_curves({0: 0.6, 1: 0.75, 5: 0.81, 10: 0.85, 100: 0.9}, BASELINE))
     assert ratio["value"] == 20 and ratio["reached_at"] == 5 and ratio["reason"] is None
-    assert ratio["baseline_at_reference"] == 0.80
+    assert ratio["baseline_at_reference"] == 0.80 and ratio["metric"] == "gap_closed"
+    # The two points compared, with their intervals: meta at 5 steps, the baseline at 100.
+    assert ratio["meta_interval"] == pytest.approx([0.76, 0.86]) and ratio["baseline_interval"] == pytest.approx(
+        [0.75, 0.85])
+    # The same reading on another metric of the file, and bare numbers of files from before intervals.
+    similarity = steps_ratio(_curves({0: 0.6, 2: 0.81, 100: 0.9}, BASELINE, "similarity"), metric="similarity")
+    assert similarity["value"] == 50
+    bare = {"gap_closed": {m: {k: v["mean"] for k, v in row.items()}
+                           for m, row in _curves({0: 0.6, 10: 0.81}, BASELINE)["gap_closed"].items()}}
+    assert steps_ratio(bare)["value"] == 10
 
 
 def test_steps_ratio_never_reached_or_no_100_is_null_with_a_reason():

@@ -7,17 +7,22 @@ the slot.
   Meta-SGD rates, eval mode, no graph -- the start, loss and rates of ``metatts adapt`` (``adapt_voice``; the start
   is amortized when the checkpoint has a reference encoder), on the store's features of the support clips instead
   of re-extracted files.
-- ``baseline``: the multi-speaker (``metatts train``) checkpoint, the same group and SGD, lr = its config's
-  ``meta.inner_lr`` unless ``baseline_lr`` is given (Meta-TTS's baseline).
-- ``full``: the baseline fine-tuning every parameter with Adam (``full_lr``), eval mode.
+- ``baseline``: the multi-speaker (``metatts train``) checkpoint, the same group and SGD (Meta-TTS's baseline) at
+  the rate chosen on meta-val episodes from ``tuning_grid`` (``evaluation.tuning``) unless ``baseline_lr`` fixes it.
+- ``full``: the baseline fine-tuning every parameter, eval mode; optimizer and rate tuned the same way unless
+  ``full_lr`` fixes them (Adam at that rate).
 - ``none``: the baseline's slot without adaptation (flat: evaluated once per episode, repeated over the grid).
 - ``dvector``: the closed-form d-vector encoder (``evaluation.dvector``); flat too.
+
+A method's ``setting`` is the dict a tuning grid holds (``{"lr": 0.3}``, ``{"optimizer": "adam", "lr": 1e-4}``);
+``settings()`` records the one used.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -25,7 +30,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from metatts.adapt.adapters import Adapter, AdamAdapter, SGDAdapter
+from metatts.adapt.adapters import Adapter, SGDAdapter, make_adapter
 from metatts.adapt.fast import length_buckets, resolve_lr, support_loss_fn
 from metatts.adapt.start import starting_params
 from metatts.checkpoints import StoreModel
@@ -34,11 +39,17 @@ from metatts.episodes.sampler import Episode
 from metatts.evaluation.dvector import DvectorModel, fit_dvector_model
 from metatts.evaluation.metrics import mean_embedding
 from metatts.evaluation.real_audio import RealAudio
+from metatts.evaluation.scoring import render
 from metatts.model.acoustic import select_parameters
 from metatts.model.batch import Batch
 from metatts.model.losses import FastSpeech2Loss
 
-FULL_LR = 1e-4  # Adam's step for fine-tuning every parameter (Adam's step is ~lr per element)
+# Grids the non-meta gradient methods are tuned over on meta-val episodes (``evaluation.tuning``). The SGD rates of
+# the speaker group span the ones earlier runs used by hand (0.1 demo, 0.5 speechocean762, 0.7 best on demo val);
+# full fine-tuning tries Adam around the usual 1e-4 and plain SGD.
+BASELINE_GRID = tuple({"lr": lr} for lr in (0.03, 0.1, 0.3, 1.0, 3.0))
+FULL_GRID = tuple([{"optimizer": "adam", "lr": lr} for lr in (1e-4, 3e-4, 1e-3)]
+                  + [{"optimizer": "sgd", "lr": lr} for lr in (0.01, 0.1)])
 
 
 @dataclass
@@ -54,8 +65,9 @@ class EvalContext:
     shots: int
     queries: int
     out_dir: Path
-    baseline_lr: float | None = None
-    full_lr: float = FULL_LR
+    baseline_lr: float | None = None  # fixes the baseline's SGD rate (no tuning)
+    full_lr: float | None = None  # fixes full fine-tuning to Adam at this rate (no tuning)
+    tuned: dict[str, dict] = dataclasses.field(default_factory=dict)  # method -> chosen setting
     dvector_utterances: int | None = None
     log: object = print
 
@@ -80,13 +92,32 @@ class Method:
     checkpoint: ClassVar[str] = "baseline"  # which checkpoint it starts from: "meta" or "baseline"
     flat: ClassVar[bool] = False  # no gradient step: evaluated once per episode, repeated over the grid
     measures: ClassVar[str] = "aligner on the support + SGD/Adam steps to the largest step count"
+    tuning_grid: ClassVar[tuple[dict, ...]] = ()  # settings tried on meta-val episodes; () = not tuned
 
-    def __init__(self, context: EvalContext):
+    def __init__(self, context: EvalContext, setting: dict | None = None):
         self.context = context
         self.model = context.models[self.checkpoint]
+        self.setting = dict(setting) if setting is not None else self.default_setting()
+
+    def default_setting(self) -> dict:
+        """The setting used when none is given: the user's fixed one, else the tuned one, else {}."""
+        return dict(self.context.tuned.get(self.name, {}))
+
+    def fixed_setting(self) -> dict | None:
+        """The setting the user fixed on the command line (so tuning is skipped), or None."""
+        return None
+
+    def query_batch(self, episode: Episode):
+        """The episode's query utterances as a teacher-forced batch of this method's checkpoint."""
+        return aligned_batch(self.model.model, self.model.collator, list(episode.query), self.context.device)
 
     def adapter(self, episode: Episode) -> Adapter:
         raise NotImplementedError
+
+    def render(self, params: dict[str, Tensor], query, reference, vocoder, encoder):
+        """The method's query sentences at these parameters: synthesized by its model (``scoring.render``). A
+        method that makes audio another way (a topline, a test oracle) overrides this."""
+        return render(self.model, params, query, reference, vocoder, encoder)
 
     def settings(self) -> dict:
         """What results.json records of the method's settings (merged into ``settings``)."""
@@ -139,30 +170,40 @@ class MetaMethod(Method):
 @method
 class BaselineMethod(Method):
     name = "baseline"
+    tuning_grid = BASELINE_GRID
 
-    @property
-    def rate(self) -> float:
-        given = self.context.baseline_lr
-        return float(given) if given is not None else float(self.model.config.meta.inner_lr)
+    def fixed_setting(self) -> dict | None:
+        return None if self.context.baseline_lr is None else {"lr": float(self.context.baseline_lr)}
+
+    def default_setting(self) -> dict:
+        return self.fixed_setting() or dict(self.context.tuned.get(self.name, {"lr": self.model.config.meta.inner_lr}))
 
     def adapter(self, episode: Episode) -> Adapter:
         fast0 = self._slot()
-        return SGDAdapter(self._support_loss(self._support(episode), set(fast0)), fast0, self.rate)
+        return SGDAdapter(self._support_loss(self._support(episode), set(fast0)), fast0, float(self.setting["lr"]))
 
     def settings(self) -> dict:
-        return {"baseline_lr": self.rate}
+        return {"baseline_lr": float(self.setting["lr"])}
 
 
 @method
 class FullMethod(Method):
     name = "full"
+    tuning_grid = FULL_GRID
+
+    def fixed_setting(self) -> dict | None:
+        return None if self.context.full_lr is None else {"optimizer": "adam", "lr": float(self.context.full_lr)}
+
+    def default_setting(self) -> dict:
+        return self.fixed_setting() or dict(self.context.tuned.get(self.name, {"optimizer": "adam", "lr": 1e-4}))
 
     def adapter(self, episode: Episode) -> Adapter:
         fast0 = {n: p.detach() for n, p in self.model.model.named_parameters()}
-        return AdamAdapter(self._support_loss(self._support(episode), set(fast0)), fast0, self.context.full_lr)
+        return make_adapter(self.setting["optimizer"], self._support_loss(self._support(episode), set(fast0)), fast0,
+                            float(self.setting["lr"]))
 
     def settings(self) -> dict:
-        return {"full_lr": self.context.full_lr, "full_optimizer": "adam"}
+        return {"full_lr": float(self.setting["lr"]), "full_optimizer": self.setting["optimizer"]}
 
 
 @method
@@ -177,8 +218,8 @@ class NoneMethod(Method):
 class DvectorMethod(Method):
     name, flat, measures = "dvector", True, "Resemblyzer d-vectors of the support clips + the projection"
 
-    def __init__(self, context: EvalContext):
-        super().__init__(context)
+    def __init__(self, context: EvalContext, setting: dict | None = None):
+        super().__init__(context, setting)
         self.fitted: DvectorModel = fit_dvector_model(
             self.model, context.groups, context.real, context.splits, shots=context.shots, queries=context.queries,
             device=context.device, cache=context.out_dir / "dvector_projection.safetensors",
@@ -211,4 +252,3 @@ def timed_adapter(m: Method, episode: Episode) -> tuple[Adapter, float]:
     tick = time.perf_counter()
     adapter = m.adapter(episode)
     return adapter, time.perf_counter() - tick
-

@@ -1,24 +1,47 @@
-"""Outputs of ``metatts evaluate`` from its results dict: a Markdown table, curves (PNG) and TensorBoard summaries.
+"""Outputs of ``metatts evaluate`` from its results dict: a Markdown report, curves (PNG) and TensorBoard summaries.
 
 Everything here reads the dict ``run_evaluation`` writes to results.json, so a report can be redrawn from the JSON
-alone (``write_markdown(json.load(...), path)``).
+alone (``write_markdown(json.load(...), path)``). Cells are means over episodes with their 95 % bootstrap interval
+over speakers; the reference rows (the speaker's own recordings, a stranger's, the real recordings' CER/DNSMOS)
+sit under each table so that a number is read against what real speech scores.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-TABLES = (("similarity", "speaker similarity (cosine, higher is better)", "{:.3f}"),
+from metatts.evaluation.results import intervals_from_json, mean_of
+
+TABLES = (("gap_closed", "gap closed: 0 = as like the speaker as a stranger, 1 = as their own recordings", "{:.2f}"),
+          ("similarity", "speaker similarity to the support clips (cosine, higher is better)", "{:.3f}"),
           ("eer", "speaker-verification EER (lower is better)", "{:.3f}"),
+          ("cer", "character error rate, PocketSphinx (lower is better)", "{:.3f}"),
+          ("wer", "word error rate, PocketSphinx (lower is better)", "{:.3f}"),
+          ("dnsmos", "DNSMOS overall, 1-5 (higher is better)", "{:.2f}"),
           ("mcd", "MCD with DTW, dB (lower is better)", "{:.2f}"),
           ("f0_rmse", "log-F0 RMSE, cents (lower is better)", "{:.0f}"),
           ("mel_l1", "query mel L1, teacher-forced (lower is better)", "{:.4f}"))
 COLOURS = {"meta": "tab:red", "baseline": "tab:blue", "full": "tab:green", "none": "tab:gray",
            "dvector": "tab:purple"}
+REFERENCE_ROWS = {"similarity": (("same_speaker", "real: same speaker"), ("stranger", "real: a stranger")),
+                  "eer": (("same_speaker", "real: same speaker"), ("stranger", "real: a stranger")),
+                  "cer": (("real", "real recordings"),), "wer": (("real", "real recordings"),),
+                  "dnsmos": (("real", "real recordings"),)}
 
 
-def _fmt(value, pattern: str) -> str:
-    return "–" if value is None else pattern.format(value)
+def cell(value, pattern: str) -> str:
+    """``mean [ci_low, ci_high]`` of an interval cell (a bare number or null also reads)."""
+    if isinstance(value, dict):
+        mean, low, high = (value.get(k) for k in ("mean", "ci_low", "ci_high"))
+    else:
+        mean, low, high = value, None, None
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    text = pattern.format(mean)
+    if low is not None and high is not None:
+        text += f" [{pattern.format(low)}, {pattern.format(high)}]"
+    return text
 
 
 def _compute_cell(record: dict) -> str:
@@ -29,35 +52,64 @@ def _compute_cell(record: dict) -> str:
     return f"{train}; adapt {adapt_text}"
 
 
+def _setting(method: str, results: dict) -> str:
+    tuned = (results.get("baselines_tuned") or {}).get(method)
+    if not tuned:
+        return ""
+    chosen = ", ".join(f"{k} {v}" for k, v in tuned["chosen"].items())
+    return f" ({chosen})"
+
+
+def metric_table(results: dict, metric: str, pattern: str, compute: bool = True) -> list[str]:
+    """Markdown lines of one metric: a row per method (its tuned setting in brackets) with ``mean [interval]``
+    per step, then the reference rows of that metric (the speaker's own recordings, a stranger's, real speech)."""
+    steps = [str(k) for k in results["steps"]]
+    references = results.get("references") or {}
+    extra = " compute |" if compute else ""
+    lines = ["| method | " + " | ".join(f"k={k}" for k in steps) + f" |{extra}",
+             "|---" * (len(steps) + 1 + bool(compute)) + "|"]
+    for method in results["methods"]:
+        row = results[metric].get(method, {})
+        cells = [cell(row.get(k), pattern) for k in steps]
+        end = f" {_compute_cell(results['compute'][method])} |" if compute else ""
+        lines.append(f"| {method}{_setting(method, results)} | " + " | ".join(cells) + f" |{end}")
+    for level, label in REFERENCE_ROWS.get(metric, ()):
+        value = (references.get(level) or {}).get(metric)
+        if value is not None:
+            lines.append(f"| *{label}* | {cell(value, pattern)} |" + " |" * (len(steps) - 1 + bool(compute)))
+    return lines
+
+
 def write_markdown(results: dict, path: str | Path) -> Path:
-    """One table per metric: methods × step counts (mean over episodes, ± std where there is a spread), then
-    the compute column (training updates / seconds; adaptation steps / seconds per episode)."""
+    """One table per metric: methods × step counts (mean [95 % interval]), the reference rows, the compute column,
+    then the tuned settings and the paired meta − baseline differences."""
     steps = [str(k) for k in results["steps"]]
     suite = results["suite"]
     lines = [f"# Few-shot adaptation: {suite.get('name', '')}", "",
              f"{len(results['episodes'])} episodes of {suite['shots']} support + {suite['queries']} query "
              f"utterances from {len(suite.get('speakers', []))} {suite['split']} speakers "
-             f"(episodes digest {results['episodes_digest']}); vocoder {results['vocoder']['name']}. "
+             f"(episodes digest {results['episodes_digest']}); vocoder {results['vocoder']['name']}; "
+             f"{results['seconds']:.0f} s. Cells: mean over episodes [95 % bootstrap interval over speakers]. "
              f"Flat methods (no gradient step, evaluated once): {', '.join(results['flat_methods']) or 'none'}.", ""]
+    for metric, why in (results.get("scorers_skipped") or {}).items():
+        lines += [f"- {metric}: {why}"]
     for metric, title, pattern in TABLES:
-        if metric not in results:
-            continue
-        lines += [f"## {title}", "", "| method | " + " | ".join(f"k={k}" for k in steps) + " | compute |",
-                  "|---" * (len(steps) + 2) + "|"]
-        for method in results["methods"]:
-            means = results[metric].get(method, {})
-            spread = results["spread"][metric].get(method, {})
-            cells = []
-            for k in steps:
-                cell = _fmt(means.get(k), pattern)
-                std = spread.get(k, {}).get("std")
-                if std is not None and means.get(k) is not None and spread.get(k, {}).get("n", 0) > 1:
-                    cell += " ± " + pattern.format(std)
-                cells.append(cell)
-            lines.append(f"| {method} | " + " | ".join(cells) + f" | {_compute_cell(results['compute'][method])} |")
-        lines.append("")
-    lines += ["Compute: training updates and wall seconds behind each method's model (a meta checkpoint initialized "
-              "from a `metatts train` one includes it when recorded); adaptation steps and seconds per episode.", ""]
+        if metric in results:
+            lines += [f"## {title}", "", *metric_table(results, metric, pattern), ""]
+    paired = results.get("paired") or {}
+    for metric in ("gap_closed", "cer"):
+        for pair, row in (paired.get(metric) or {}).items():
+            lines += [f"Paired difference {pair} in {metric} (same episodes, bootstrap over speakers): "
+                      + ", ".join(f"k={k}: {cell(row.get(k), '{:+.3f}')}" for k in steps), ""]
+    for method, tuned in (results.get("baselines_tuned") or {}).items():
+        tried = ", ".join(f"{s} → {'–' if v is None else format(v, '.4f')}"
+                          for s, v in zip(tuned["grid"], tuned["scores"]))
+        lines += [f"- {method}: chose {tuned['chosen']} by {tuned['metric']} on "
+                  f"{len(tuned.get('episodes') or [])} episodes of speakers {', '.join(tuned.get('speakers') or [])}"
+                  f" ({tried})"]
+    lines += ["", "Compute: training updates and wall seconds behind each method's model (a meta checkpoint "
+              "initialized from a `metatts train` one includes it when recorded); adaptation steps and seconds per "
+              "episode.", ""]
     for method in results["methods"]:
         record = results["compute"][method]
         note = f" {record['note']}" if record.get("note") else ""
@@ -68,8 +120,8 @@ def write_markdown(results: dict, path: str | Path) -> Path:
 
 
 def plot_curves(results: dict, metric: str, path: str | Path) -> Path:
-    """``metric`` against the step count (symlog x axis, so 0 shows), one line per method, the spread shaded
-    (± std over episodes for per-episode metrics, min–max over rounds for EER)."""
+    """``metric`` against the step count (symlog x axis, so 0 shows), one line per method with its 95 % interval
+    shaded, and the reference levels as horizontal lines (same speaker, stranger; 0 and 1 for gap closed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -77,31 +129,32 @@ def plot_curves(results: dict, metric: str, path: str | Path) -> Path:
     fig = Figure(figsize=(6.4, 4.2), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
+    table = intervals_from_json(results, metric)
     for method in results["methods"]:
-        means = [results[metric][method].get(str(k)) for k in steps]
-        if all(m is None for m in means):
+        rows = [table.get(method, {}).get(k, (math.nan, math.nan, math.nan)) for k in steps]
+        if all(not math.isfinite(r[0]) for r in rows):
             continue
-        ys = [float("nan") if m is None else m for m in means]
         colour = COLOURS.get(method)
-        ax.plot(steps, ys, marker="o", markersize=3, label=method, color=colour,
+        ax.plot(steps, [r[0] for r in rows], marker="o", markersize=3, label=method, color=colour,
                 linestyle="--" if method in results.get("flat_methods", {}) else "-")
-        spread = [results["spread"][metric][method].get(str(k), {}) for k in steps]
-        if metric == "eer":
-            lo = [s.get("min") for s in spread]
-            hi = [s.get("max") for s in spread]
-        else:
-            lo = [None if s.get("std") is None or m is None else m - s["std"] for s, m in zip(spread, means)]
-            hi = [None if s.get("std") is None or m is None else m + s["std"] for s, m in zip(spread, means)]
-        if all(v is not None for v in lo + hi):
-            ax.fill_between(steps, lo, hi, color=colour, alpha=0.15, linewidth=0)
+        if all(math.isfinite(r[1]) and math.isfinite(r[2]) for r in rows):
+            ax.fill_between(steps, [r[1] for r in rows], [r[2] for r in rows], color=colour, alpha=0.15, linewidth=0)
+    references = results.get("references") or {}
+    levels = {"gap_closed": (("same speaker", 1.0), ("stranger", 0.0))}.get(metric) or tuple(
+        (label.split(": ")[-1], mean_of((references.get(level) or {}).get(metric)))
+        for level, label in REFERENCE_ROWS.get(metric, ()))
+    for (label, value), style in zip(levels, (":", "-.")):
+        if math.isfinite(value):
+            ax.axhline(value, color="black", linestyle=style, linewidth=1, label=f"real: {label}")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xticks(steps)
     ax.set_xticklabels([str(k) for k in steps])
     ax.set_xlabel("adaptation steps")
-    label = {"similarity": "speaker similarity (cosine)", "eer": "verification EER"}.get(metric, metric)
+    label = {"similarity": "speaker similarity (cosine)", "eer": "verification EER",
+             "gap_closed": "gap closed (0 stranger, 1 same speaker)"}.get(metric, metric)
     ax.set_ylabel(label)
-    band = "min–max over rounds" if metric == "eer" else "± std over episodes"
-    ax.set_title(f"{label} vs steps ({len(results['episodes'])} episodes; shaded: {band})", fontsize=9)
+    ax.set_title(f"{label} vs steps ({len(results['episodes'])} episodes; shaded: 95 % interval over speakers)",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -125,8 +178,8 @@ def write_tensorboard(results: dict, log_dir: str | Path, out_dir: str | Path) -
         for metric, _, _ in TABLES:
             for method in results["methods"]:
                 for k in results["steps"]:
-                    value = results[metric][method].get(str(k))
-                    if value is not None:
+                    value = mean_of((results.get(metric) or {}).get(method, {}).get(str(k)))
+                    if math.isfinite(value):
                         writer.add_scalar(f"{metric}/{method}", value, k)
         for method, by_step in results.get("samples", {}).items():
             for k, paths in by_step.items():

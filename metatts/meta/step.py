@@ -22,7 +22,7 @@ so what is measured is what trains. ``task_loss`` is its differentiable core, al
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 

@@ -64,6 +64,7 @@ ADAPTER_MARK = "_adapter.lora_"
 GROUPS = tuple(dict.fromkeys(group for _, group in _GROUP_PREFIXES)) + ("adapters",)
 SPEAKER_GROUPS = ("speaker_embedding", "speaker_norms")  # the per-speaker (fast) groups: the slot tensors
 
+
 @dataclass
 class VarianceOutput:
     frames: Tensor  # [B, T, hidden] regulated states with pitch and energy embeddings added

@@ -310,7 +310,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                              samples=args.samples, progress=not args.quiet,
                              features=args.features if args.task else None,
                              baseline_lr=args.baseline_lr, full_lr=args.full_lr, threads=args.threads,
-                             speakers=args.max_speakers, groups=args.groups,
+                             speakers=args.speakers or args.max_speakers, groups=args.groups,
                              listener_steps=[int(k) for k in args.listener_steps] if args.listener_steps else None,
                              tasks_per_speaker=args.tasks_per_speaker if args.task else None)
     same = results.references["same_speaker"]["similarity"].mean
@@ -549,7 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-lr", type=float, help="fix full fine-tuning to Adam at this rate (default: optimizer and "
                                                  "rate tuned on meta-val speakers)")
     p.add_argument("--samples", type=int, default=1, help="audio samples per speaker and step (default 1)")
-    p.add_argument("--max-speakers", type=int, help="evaluate only the first N speakers of the suite")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--max-speakers", type=int, help="evaluate only the first N speakers of the suite")
+    who.add_argument("--speakers", nargs="+", metavar="ID", help="evaluate only these speakers of the suite (e.g. "
+                     "half of them in each of two processes sharing --out: the score cache joins them)")
     p.add_argument("--tasks-per-speaker", type=int, help="override the suite's tasks_per_speaker (on the fly: 2)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -352,3 +352,16 @@ def test_a_rerun_reads_every_score_from_the_cache(evaluation, tiny_runs, monkeyp
         for method in METHODS:
             assert again.tables[method][metric].per_episode == results.tables[method][metric].per_episode
     assert again.samples == results.samples and again.baselines_tuned == results.baselines_tuned
+
+
+def test_listener_steps_limit_the_costly_scorers(tiny_runs, tmp_path):
+    """CER, WER and DNSMOS cost seconds per sentence: --listener-steps scores them only at those step counts (the
+    others are null), while similarity and the rest are scored at every step."""
+    result = run_evaluation(None, tiny_runs["base"], tiny_runs["suite"], tmp_path / "l", methods=["baseline"],
+                            steps=(0, 1), vocoder="griffinlim", samples=0, threads=1, tensorboard=False,
+                            baseline_lr=0.1, listener_steps=(1, 7), **QUIET)
+    for metric in ("cer", "wer", "dnsmos"):
+        values = result.mean(metric, "baseline")
+        assert math.isnan(values[0]) and math.isfinite(values[1]), (metric, values)
+    assert all(math.isfinite(v) for v in result.mean("similarity", "baseline").values())
+    assert result.settings["listener_steps"] == [1]

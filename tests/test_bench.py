@@ -79,11 +79,13 @@ def test_bench_writes_the_dated_json(evaluation, tiny_runs, tmp_path):
 
 
 def test_bench_cli_bad_input_exits_2(tiny_runs, tmp_path, capsys):
+    # Its own --out: the default (benchmarks/results) may already hold today's result, refused before the input.
+    out = ["--out", str(tmp_path / "out")]
     assert main(["bench", "--evaluation", str(tmp_path / "missing.json"), "--checkpoint",
-                 str(tiny_runs["meta"])]) == 2
+                 str(tiny_runs["meta"]), *out]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "run `metatts evaluate` first" in err
     bogus = tmp_path / "results.json"
     bogus.write_text(json.dumps({"hello": 1}))
-    assert main(["bench", "--evaluation", str(bogus), "--checkpoint", str(tiny_runs["meta"])]) == 2
+    assert main(["bench", "--evaluation", str(bogus), "--checkpoint", str(tiny_runs["meta"]), *out]) == 2
     assert "is not a `metatts evaluate` results.json" in capsys.readouterr().err

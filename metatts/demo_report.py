@@ -266,9 +266,11 @@ def write_report(demo, folder: Path) -> Path:
     lines += ["## Commands", "", "What each stage ran, as commands:", "", "```bash", *_commands(demo), "```", ""]
     path = folder / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
+    from metatts.demo import HARNESS_METRICS  # here: metatts.demo imports this module
+
     (folder / "numbers.json").write_text(json.dumps({
         "budget": demo.budget.name, "query_mel_l1": {m: {str(k): v for k, v in row.items()} for m, row in mel.items()},
-        **{metric: tables.get(metric) for metric in ("gap_closed", "similarity", "eer", "cer", "wer", "dnsmos")},
+        **{metric: tables.get(metric) for metric in HARNESS_METRICS},
         "references": tables.get("references"),
         "stage_seconds": {n: stages[n]["seconds"] for n in stages if "seconds" in stages[n]},
         "voice_pack_bytes": {s: {m: r[m]["pack_bytes"] for m in ("meta", "baseline")}

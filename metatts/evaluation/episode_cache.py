@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from metatts.evaluation.stats import clean
 
 VERSION = 1  # bump when what an entry means changes (a scorer computes differently)
 
@@ -38,10 +40,6 @@ def cache_key(**parts) -> str:
     """A stable digest of the parts (JSON with sorted keys; anything else by its ``str``)."""
     text = json.dumps({"version": VERSION, **parts}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
-
-
-def _nan_to_none(values: Mapping[str, float]) -> dict:
-    return {k: (None if v is None or v != v else float(v)) for k, v in values.items()}
 
 
 class EpisodeCache:
@@ -82,8 +80,8 @@ class EpisodeCache:
             return
         self._write(self._path(key, ".npz"), lambda tmp: np.savez(
             tmp, **{f"step{i}": np.asarray(e, dtype=np.float32) for i, e in enumerate(entry.embeddings)}))
-        record = {"scores": [_nan_to_none(s) for s in entry.scores], "seconds": entry.seconds,
-                  "unusable": entry.unusable, "samples": {str(k): v for k, v in entry.samples.items()}}
+        record = clean({"scores": entry.scores, "seconds": entry.seconds, "unusable": entry.unusable,
+                        "samples": entry.samples})  # NaN -> null, step keys -> strings
         self._write(self._path(key, ".json"), lambda tmp: tmp.write_text(json.dumps(record)))
 
     def value(self, key: str, compute: Callable[[], float]) -> float:
@@ -99,8 +97,7 @@ class EpisodeCache:
                     pass
         value = compute()
         if self.folder is not None:
-            self._write(self._path(key, ".value.json"), lambda tmp: tmp.write_text(json.dumps(
-                {"value": None if value != value else float(value)})))
+            self._write(self._path(key, ".value.json"), lambda tmp: tmp.write_text(json.dumps(clean({"value": value}))))
         return value
 
 

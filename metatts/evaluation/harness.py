@@ -369,7 +369,7 @@ def _levels(embedded: Sequence[EpisodeEmbeddings]) -> ReferenceLevels | None:
 
 def _result(methods: dict[str, Method], runs: _Runs, context: EvalContext, grid: list[int],
             episodes: Sequence[Episode], suite: TaskSuite, tuned: dict[str, Tuned], scorers: Sequence[Scorer],
-            vocoder_name, vocoder, started: float, stages: dict[str, float],
+            vocoder, started: float, stages: dict[str, float],
             listener_steps: Sequence[int] | None) -> EvaluationResult:
     notes: dict[str, str] = {}
     levels = _levels(runs.embedded)
@@ -392,7 +392,7 @@ def _result(methods: dict[str, Method], runs: _Runs, context: EvalContext, grid:
         checkpoints={role: {"path": str(ev.path), "kind": ev.meta.kind, "step": ev.meta.step, "digest": ev.digest}
                      for role, ev in context.models.items()},
         settings={**settings, **SETTINGS, "stage_seconds": stages, "listener_steps": listener_steps or grid},
-        vocoder={"name": str(vocoder_name), "class": type(vocoder).__name__},
+        vocoder={"name": vocoder_name(vocoder), "class": type(vocoder).__name__},
         unusable_synthesis={n: r.unusable for n, r in runs.methods.items()}, eer_notes=notes, samples=runs.samples,
         dvector=clean({k: v for k, v in dvector.fitted.info.items() if k != "key"}) if dvector else None,
         machine=machine_info(), seconds=time.perf_counter() - started, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -474,8 +474,8 @@ def run_evaluation(meta_checkpoint, baseline_checkpoint, suite, out_dir, *, meth
                                   cache, listener_steps)
         stages["episodes"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        result = _result(chosen, runs, context, grid, episodes, suite, tuned, scorers, vocoder_name(vocoder_impl),
-                         vocoder_impl, started, stages, listener_steps)
+        result = _result(chosen, runs, context, grid, episodes, suite, tuned, scorers, vocoder_impl, started, stages,
+                         listener_steps)
         stages["summaries"] = time.perf_counter() - tick
         result.seconds = time.perf_counter() - started
         _write(result, out_dir, tensorboard)

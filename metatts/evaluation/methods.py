@@ -20,9 +20,9 @@ A method's ``setting`` is the dict a tuning grid holds (``{"lr": 0.3}``, ``{"opt
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar

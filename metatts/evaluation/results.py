@@ -27,7 +27,6 @@ from metatts.evaluation.scoring import Rendered
 from metatts.evaluation.stats import clean, spread
 
 POOLED_METRICS = ("eer",)
-DERIVED_METRICS = ("gap_closed",)
 RESAMPLES = 2000  # bootstrap replicates per interval (the EER's cost a full sort each)
 
 
@@ -132,7 +131,7 @@ def reference_table(levels: ReferenceLevels | None, embedded: Sequence[EpisodeEm
 
 def paired_tables(tables: dict[str, dict[str, MetricTable]], episodes: Sequence[Episode], grid: Sequence[int],
                   first: str = "meta") -> dict[str, dict[str, dict[int, Interval]]]:
-    """``first`` − each other gradient method on the same episodes, per per-episode metric and step: the paired
+    """``first`` − each other method on the same episodes, per per-episode metric and step: the paired
     speaker bootstrap (what both share, a hard speaker, cancels)."""
     if first not in tables:
         return {}

@@ -124,8 +124,9 @@ def render(ev: StoreModel, params: Mapping[str, Tensor], query: Batch, reference
 
 
 class Scorer:
-    """Scores of one ``Rendered`` output against its episode's ``Reference``. ``on_real``: the scorer also reads
-    the real query recordings (``score_real``), which gives the reference row of its metrics."""
+    """Scores of one ``Rendered`` output against its episode's ``Reference``: ``score_waves`` of its waves unless
+    a subclass reads more (d-vectors, mel L1). ``on_real``: the scorer also reads the real query recordings
+    (``score_real``), which gives the reference row of its metrics."""
 
     metrics: ClassVar[tuple[str, ...]]
     on_real: ClassVar[bool] = False
@@ -133,7 +134,7 @@ class Scorer:
     skipped: str | None = None  # why the scorer gives NaN everywhere (an optional package missing)
 
     def __call__(self, rendered: Rendered, reference: Reference) -> dict[str, float]:
-        raise NotImplementedError
+        return self.score_waves(rendered.waves, rendered.sample_rate, reference)
 
     def score_real(self, reference: Reference) -> dict[str, float]:
         return self.score_waves(reference.real_waves(), reference.real.audio.sample_rate, reference)
@@ -194,9 +195,6 @@ class IntelligibilityScorer(Scorer):
 
         self.recognizer = Recognizer()
 
-    def __call__(self, rendered: Rendered, reference: Reference) -> dict[str, float]:
-        return self.score_waves(rendered.waves, rendered.sample_rate, reference)
-
     def score_waves(self, waves, rate, reference) -> dict[str, float]:
         from metatts.evaluation.intelligibility import corpus_error_rates
 
@@ -214,9 +212,6 @@ class NaturalnessScorer(Scorer):
         from metatts.evaluation.naturalness import Dnsmos
 
         self.dnsmos = Dnsmos(threads=1)
-
-    def __call__(self, rendered: Rendered, reference: Reference) -> dict[str, float]:
-        return self.score_waves(rendered.waves, rendered.sample_rate, reference)
 
     def score_waves(self, waves, rate, reference) -> dict[str, float]:
         return {"dnsmos": nanmean([self.dnsmos.score(w, rate).ovrl for w in waves])}

@@ -22,7 +22,7 @@ from metatts.evaluation.methods import EvalContext, MetaMethod
 from metatts.features.store import FeatureStore
 from metatts.meta import step as meta_step_module
 from metatts.meta.outer_loop import meta_train
-from metatts.meta.step import MetaStepSettings, Task, meta_step, task_objective
+from metatts.meta.step import MetaStepSettings, Task, meta_step, task_loss, task_objective
 from metatts.model.acoustic import SPEAKER_GROUPS, AcousticModel, select_parameters
 from metatts.model.batch import NEW_SPEAKER
 from metatts.model.losses import FastSpeech2Loss
@@ -140,6 +140,34 @@ def test_the_encoder_reads_the_support_and_never_the_query(store, monkeypatch):
     assert all(torch.equal(starts[0][n], starts[1][n]) for n in SLOT)  # another query: the same start
     assert not torch.equal(starts[0]["speaker.slot_norms"], model.speaker.slot_norms.detach())
     assert not torch.equal(objectives[0], objectives[1])  # the query did change
+
+
+def test_the_start_loss_is_the_zero_shot_query_loss_and_trains_the_encoder_without_the_inner_loop(store):
+    """``meta.start_loss_weight``: L_task gains w_0 L_query(φ_start), and the encoder's meta-gradient then has a term
+    that does not pass through the inner steps (without it, the start is only trained to be a good place to adapt
+    from, and the zero-shot voice drifted in meta-training)."""
+    config = _config(store, *AMORTIZED)
+    model = _model(config).eval()  # no dropout: the three losses below are one deterministic function
+    with torch.no_grad():
+        model.reference_encoder.head.weight.normal_(0, 0.1)
+    task = _episode_task(config, model)
+    support = task.support.with_durations(model.alignment(task.support).durations)
+    query = task.query.with_durations(model.alignment(task.query).durations)
+    groups = list(SPEAKER_GROUPS)
+
+    def total(steps: int, weight: float) -> torch.Tensor:
+        return task_loss(model, support, query, 0.1, groups, steps=steps, start_weight=weight).total
+
+    plain, zero_shot, both = total(2, 0.0), total(0, 0.0), total(2, 0.5)
+    torch.testing.assert_close(both, plain + 0.5 * zero_shot)
+    head = model.reference_encoder.head.weight
+    grad_plain, = torch.autograd.grad(plain, head)
+    grad_both, = torch.autograd.grad(total(2, 0.5), head)
+    grad_zero, = torch.autograd.grad(zero_shot, head)
+    torch.testing.assert_close(grad_both, grad_plain + 0.5 * grad_zero)
+    assert grad_zero.abs().sum() > 0
+    with pytest.raises(ValueError, match="start_weight"):
+        total(1, -1.0)
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

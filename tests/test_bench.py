@@ -10,7 +10,6 @@ import pytest
 
 from metatts.cli import main
 from metatts.bench import meta_train_throughput, run_bench, steps_ratio
-from test_evaluate import evaluation, tiny_runs  # noqa: F401  (session fixtures shared with it)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -40,6 +40,10 @@ def test_every_shipped_config_loads_and_names_its_command(path):
         ({}, ["eval.step_grid=[5, 1]"], "eval.step_grid"),
         ({}, ["meta.first_order_steps=-1"], "meta.first_order_steps"),
         ({}, ["meta.multi_step_loss_steps=-1"], "meta.multi_step_loss_steps"),
+        ({}, ["meta.start_loss_weight=-0.1"], "meta.start_loss_weight"),
+        ({}, ["meta.inner_lr_by_group.decoder=0.01"], "meta.inner_lr_by_group"),  # not a speaker group here
+        ({}, ["meta.inner_lr_by_group.speaker_norms=0"], "meta.inner_lr_by_group"),
+        ({}, ["meta.inner_lr_by_group=3"], "meta.inner_lr_by_group"),
         ({}, ["meta.multi_step_loss_steps=5", "meta.inner_steps=0"], "meta.multi_step_loss_steps"),
         ({}, ["meta.inner_lr_per_step=true", "meta.learn_inner_lr=false"], "meta.inner_lr_per_step"),
         ({}, ["meta.inner_lr_per_step=true", "meta.inner_steps=0"], "meta.inner_lr_per_step"),

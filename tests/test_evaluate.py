@@ -7,66 +7,23 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from metatts.cli import main
-from metatts.config import config_from_dict
 from metatts.corpus.splits import SpeakerSplits
 from metatts.episodes.tasks import frozen_episodes, load_task_suite
 from metatts.evaluation.compute import training_compute
 from metatts.evaluation.dvector import fit_ridge, ridge_loo_error
 from metatts.evaluation import schema
 from metatts.evaluation.harness import METHODS, EvaluationError, check_checkpoints, run_evaluation
-from metatts.evaluation.results import EvaluationResult
-from metatts.features.prepare import prepare
 from metatts.features.store import FeatureStore
-from metatts.meta.outer_loop import meta_train
-from metatts.train.supervised import train
-from tiny import TEXTS, TINY_MODEL, synthesize_corpus
 
-VOICES = ("m1", "f2", "m3", "f4", "m7", "f3")  # 3 train, 1 val, 2 test speakers
-DATA = ["data.min_utterances_per_speaker=4", "data.val_speakers=1", "data.test_speakers=2", "meta.shots=2",
-        "meta.queries=2"]
-QUIET = dict(progress=False, log=lambda *_: None)
-STEPS = (0, 1, 4)
+from tiny import EVAL_STEPS as STEPS, QUIET  # the conftest fixtures tiny_runs and evaluation are built with these
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="session")
-def tiny_runs(tmp_path_factory) -> dict[str, Path]:
-    """A store of 6 espeak voices x 5 sentences, a tiny baseline trained 40 steps, a meta checkpoint meta-trained
-    3 steps from it, and a 2-speaker task suite over the store's test split."""
-    root = tmp_path_factory.mktemp("evaluate")
-    synthesize_corpus(root / "corpus", VOICES, TEXTS)
-    prepare(config_from_dict({}, [f"data.corpus={root / 'corpus'}", f"data.features={root / 'store'}",
-                                  "data.layout=folder", "data.workers=1", *DATA]), **QUIET)
-    common = [f"data.features={root / 'store'}", *DATA, *TINY_MODEL, "train.threads=1", "train.batch_size=6",
-              "train.lr=3e-3", "train.warmup_steps=5", "train.val_every=1000", "train.log_every=10"]
-    train(config_from_dict({}, [*common, "train.steps=40"]), root / "train", **QUIET)
-    meta_train(config_from_dict({}, [*common, "meta.steps=3", "meta.meta_batch=2", "meta.inner_steps=2",
-                                     "meta.val_tasks=0", "train.checkpoint_every=3"]),
-               root / "meta", init_from=root / "train" / "checkpoint", **QUIET)
-    suite = root / "tiny.yaml"
-    suite.write_text(yaml.safe_dump({"corpus": "corpus", "features": str(root / "store"), "split": "test",
-                                     "shots": 2, "queries": 2, "tasks_per_speaker": 1, "seed": 0,
-                                     "step_grid": list(STEPS)}))
-    return {"root": root, "base": root / "train" / "checkpoint", "meta": root / "meta" / "checkpoint",
-            "suite": suite, "store": root / "store"}
-
-
-@pytest.fixture(scope="session")
-def evaluation(tiny_runs) -> tuple[EvaluationResult, Path]:
-    pytest.importorskip("resemblyzer", reason="speaker similarity and EER need Resemblyzer (the eval extra)")
-    out = tiny_runs["root"] / "eval"
-    results = run_evaluation(tiny_runs["meta"], tiny_runs["base"], tiny_runs["suite"], out, steps=STEPS,
-                             samples=1, threads=1, **QUIET)
-    return results, out
 
 
 def test_every_method_gives_finite_numbers_at_every_step(evaluation):
@@ -258,7 +215,7 @@ def test_tuning_adapts_nothing_but_meta_val_episodes(tiny_runs, tmp_path, monkey
 
     monkeypatch.setattr(tuning, "setting_score", spy)
     run_evaluation(None, tiny_runs["base"], tiny_runs["suite"], tmp_path / "e", methods=["baseline"], steps=(0, 1),
-                   vocoder="griffinlim", samples=0, threads=1, tensorboard=False, **QUIET)
+                   vocoder="griffinlim", samples=0, threads=1, tensorboard=False, listener_steps=(), **QUIET)
     val = set(SpeakerSplits.load(tiny_runs["store"] / "splits.json").val)
     assert len(seen) == len(tuning_grid("baseline")) * len(val)
     assert {speaker for _, speaker in seen} == val
@@ -266,7 +223,7 @@ def test_tuning_adapts_nothing_but_meta_val_episodes(tiny_runs, tmp_path, monkey
     seen.clear()
     fixed = run_evaluation(None, tiny_runs["base"], tiny_runs["suite"], tmp_path / "f", methods=["baseline"],
                            steps=(0, 1), vocoder="griffinlim", samples=0, threads=1, tensorboard=False,
-                           baseline_lr=0.05, **QUIET)
+                           baseline_lr=0.05, listener_steps=(), **QUIET)
     assert not seen and fixed.baselines_tuned["baseline"]["chosen"] == {"lr": 0.05}
     assert fixed.baselines_tuned["baseline"]["metric"].startswith("not tuned")
 

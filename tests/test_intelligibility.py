@@ -96,10 +96,11 @@ def test_real_speech_is_recognized_and_destroyed_speech_is_not(recognizer, vctk_
     waves = [load_audio(u.audio_path, 22050) for u in utts]
     real = corpus_error_rates(recognizer.score(waves, 22050, texts))
     rng = np.random.default_rng(0)
-    noise = [rng.normal(0.0, np.std(w), len(w)).astype(np.float32) for w in waves]
-    shuffled = [rng.permutation(w) for w in waves]  # the same samples, the same spectrum overall, no speech
-    noise_rates = corpus_error_rates(recognizer.score(noise, 22050, texts))
-    shuffled_rates = corpus_error_rates(recognizer.score(shuffled, 22050, texts))
+    few = slice(0, None, 3)  # destroyed speech is far off on any clip: a third of them is enough (and 40 s less)
+    noise = [rng.normal(0.0, np.std(w), len(w)).astype(np.float32) for w in waves[few]]
+    shuffled = [rng.permutation(w) for w in waves[few]]  # the same samples, the same spectrum overall, no speech
+    noise_rates = corpus_error_rates(recognizer.score(noise, 22050, texts[few]))
+    shuffled_rates = corpus_error_rates(recognizer.score(shuffled, 22050, texts[few]))
     assert real.wer < 0.65 and real.cer < 0.45  # measured 0.41 / 0.25 on all 40 vctk-mini utterances
     for destroyed in (noise_rates, shuffled_rates):
         assert destroyed.wer > 0.9 and destroyed.cer > real.cer + 0.3
@@ -108,5 +109,5 @@ def test_real_speech_is_recognized_and_destroyed_speech_is_not(recognizer, vctk_
     recognizer.transcribe(noise[1], 22050)
     assert recognizer.transcribe(waves[0], 22050) == first == scoring_text(first)
     # ... and whatever came before: one decoder reused across utterances read these differently by order.
-    backward = [recognizer.transcribe(w, 22050) for w in reversed(waves[:5])][::-1]
-    assert backward == [recognizer.transcribe(w, 22050) for w in waves[:5]]
+    backward = [recognizer.transcribe(w, 22050) for w in reversed(waves[:4])][::-1]
+    assert backward == [recognizer.transcribe(w, 22050) for w in waves[:4]]

@@ -142,6 +142,32 @@ def test_adapters_as_fast_weights_are_meta_learned_and_adapt_with_learned_rates(
     assert any(not torch.equal(voice.pack.params[n], after[n]) for n in b)
 
 
+def test_decoder_weights_as_fast_weights_start_at_their_own_rate_and_move_at_the_weights_outer_rate(store, tmp_path):
+    """Meta-TTS's choice, the decoder's weights in the inner loop: their learned rates start at
+    ``meta.inner_lr_by_group.decoder`` (the slot's at ``meta.inner_lr``), and the outer loop moves them as the shared
+    weights they are (``outer_lr``), not at the slot's ``init_lr``. The checkpoint adapts them into a pack."""
+    config = _config(store, 2, "model.speaker_groups=[speaker_embedding,decoder]", "meta.inner_lr=0.2",
+                     "meta.inner_lr_by_group.decoder=0.005", "meta.outer_lr=1e-6", "meta.init_lr=1e-2",
+                     "meta.rates_lr=1e-3", "meta.warmup_steps=1", "meta.val_tasks=0")
+    meta_train(config, tmp_path / "run", **QUIET)
+    seed_everything(config.train.seed)
+    data = RunData.load(config)
+    start = dict(build_model(config, len(data.symbols), len(data.speakers)).named_parameters())
+    after = load_file(str(tmp_path / "run/checkpoint/model.safetensors"))
+    assert float((after[THETA] - start[THETA].detach()).abs().max()) < 5e-6  # ~2 steps of 1e-6
+    assert float((after["speaker.slot_embedding"] - start["speaker.slot_embedding"].detach()).abs().max()) > 5e-3
+    lr = load_inner_lr(tmp_path / "run/checkpoint")
+    decoder = [n for n in lr if n.startswith("decoder.")]
+    assert decoder and THETA in decoder and "speaker.slot_embedding" in lr
+    for name, alpha in lr.items():  # two steps at rates_lr 1e-3 move a log-rate by at most ~2e-3
+        want = 0.005 if name.startswith("decoder.") else 0.2
+        assert float((alpha.log() - np.log(want)).abs().max()) < 5e-3, name
+    tts = load(tmp_path / "run/checkpoint", device="cpu", vocoder="griffinlim")
+    entries = FeatureStore(store).entries[:3]
+    voice = tts.adapt([e.audio_path for e in entries], [e.text for e in entries], steps=2)
+    assert THETA in voice.pack.params and not torch.equal(voice.pack.params[THETA], after[THETA])
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(store, tmp_path):
     whole = meta_train(_config(store, 6), tmp_path / "whole", **QUIET)
     meta_train(_config(store, 3), tmp_path / "split", **QUIET)

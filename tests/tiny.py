@@ -64,3 +64,38 @@ def tiny_checkpoint(path: Path, seed: int = 1, speakers: tuple[str, ...] = ("a",
     meta = CheckpointMeta(config=config_to_dict(config), symbols=symbols.to_json(), stats=dict(STATS),
                           speakers=list(speakers))
     return save_checkpoint(path, model, meta)
+
+
+# ---------------------------------------------------------------- the evaluation's tiny runs (conftest's tiny_runs)
+QUIET = dict(progress=False, log=lambda *_: None)
+EVAL_VOICES = ("m1", "f2", "m3", "f4", "m7", "f3")  # 3 train, 1 val, 2 test speakers
+EVAL_DATA = ["data.min_utterances_per_speaker=4", "data.val_speakers=1", "data.test_speakers=2", "meta.shots=2",
+             "meta.queries=2"]
+EVAL_STEPS = (0, 1, 4)
+
+
+def evaluation_runs(root: Path) -> dict[str, Path]:
+    """A store of 6 espeak voices x 5 sentences, a tiny baseline trained 40 steps, a meta checkpoint meta-trained
+    3 steps from it, and a 2-speaker task suite over the store's test split."""
+    import yaml
+
+    from metatts.config import config_from_dict
+    from metatts.features.prepare import prepare
+    from metatts.meta.outer_loop import meta_train
+    from metatts.train.supervised import train
+
+    synthesize_corpus(root / "corpus", EVAL_VOICES, TEXTS)
+    prepare(config_from_dict({}, [f"data.corpus={root / 'corpus'}", f"data.features={root / 'store'}",
+                                  "data.layout=folder", "data.workers=1", *EVAL_DATA]), **QUIET)
+    common = [f"data.features={root / 'store'}", *EVAL_DATA, *TINY_MODEL, "train.threads=1", "train.batch_size=6",
+              "train.lr=3e-3", "train.warmup_steps=5", "train.val_every=1000", "train.log_every=10"]
+    train(config_from_dict({}, [*common, "train.steps=40"]), root / "train", **QUIET)
+    meta_train(config_from_dict({}, [*common, "meta.steps=3", "meta.meta_batch=2", "meta.inner_steps=2",
+                                     "meta.val_tasks=0", "train.checkpoint_every=3"]),
+               root / "meta", init_from=root / "train" / "checkpoint", **QUIET)
+    suite = root / "tiny.yaml"
+    suite.write_text(yaml.safe_dump({"corpus": "corpus", "features": str(root / "store"), "split": "test",
+                                     "shots": 2, "queries": 2, "tasks_per_speaker": 1, "seed": 0,
+                                     "step_grid": list(EVAL_STEPS)}))
+    return {"root": root, "base": root / "train" / "checkpoint", "meta": root / "meta" / "checkpoint",
+            "suite": suite, "store": root / "store"}

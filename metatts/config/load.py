@@ -59,6 +59,11 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
         return [_coerce(v, item_type, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_type, value_type = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {_coerce(k, key_type, f"{path} key"): _coerce(v, value_type, f"{path}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         errors = []
         for option in typing.get_args(annotation):

@@ -217,6 +217,9 @@ class MetaConfig:
     meta_batch: int = 4  # tasks (speakers) per meta-update (B)
     inner_steps: int = 5  # inner-loop SGD steps (k)
     inner_lr: float = 0.1  # initial inner-loop learning rate (alpha)
+    # initial learned inner rate per speaker group, where it differs from inner_lr (e.g. decoder: 0.01 while the
+    # slot takes 0.3: shared weights diverge at a slot's rate); set with --set meta.inner_lr_by_group.decoder=0.01
+    inner_lr_by_group: dict[str, float] = field(default_factory=dict)
     learn_inner_lr: bool = True  # learn a per-parameter inner learning rate (Meta-SGD)
     inner_lr_mode: str = "per_parameter"  # learned rates: per_parameter (one per element, Meta-SGD) | per_tensor
     first_order: bool = False  # drop second-order terms of the meta-gradient
@@ -233,6 +236,10 @@ class MetaConfig:
     # cloning. A model built with it holds the encoder (group reference_encoder); a voice pack never does.
     amortized_start: bool = False
     reference_channels: int = 128  # width of that reference encoder (its convolutions and hidden layer)
+    # Weight of the query loss at the start φ_start, before any inner step (0: off). The only term that trains the
+    # start to be the speaker's voice by itself: zero-shot cloning with amortized_start, and φ0 as the best
+    # average voice without it. Added to the (multi-step) query loss.
+    start_loss_weight: float = 0.0
     outer_lr: float = 3e-4  # outer Adam learning rate (beta) of the model's weights
     init_lr: float = 3e-3  # outer Adam learning rate of the new-speaker slot φ0 (the meta-learned initialization)
     rates_lr: float = 1e-2  # outer Adam learning rate of the learned inner rates (log-parameterized: ~1 % per step)
@@ -259,6 +266,11 @@ class MetaConfig:
                  "a multi-step loss needs meta.inner_steps >= 1")
         _require(not self.inner_lr_per_step or (self.learn_inner_lr and self.inner_steps >= 1),
                  f"{path}.inner_lr_per_step", "needs meta.learn_inner_lr: true and meta.inner_steps >= 1")
+        _require(all(v > 0 for v in self.inner_lr_by_group.values()), f"{path}.inner_lr_by_group",
+                 "learning rates must be positive")
+        _require(not self.inner_lr_by_group or self.learn_inner_lr, f"{path}.inner_lr_by_group",
+                 "sets the learned rates' start: needs meta.learn_inner_lr: true")
+        _require(self.start_loss_weight >= 0, f"{path}.start_loss_weight", "must be >= 0 (0: off)")
         _require(self.val_tasks >= 0, f"{path}.val_tasks", "must be >= 0 (0 turns meta-validation off)")
         _require(self.max_bad_steps >= 1, f"{path}.max_bad_steps", "must be at least 1")
         _require(1 <= self.reference_channels <= 4096, f"{path}.reference_channels",
@@ -335,6 +347,9 @@ class Config:
         _require(self.meta.shots + self.meta.queries <= self.data.min_utterances_per_speaker, "meta.shots",
                  f"shots + queries = {self.meta.shots + self.meta.queries} is more than a speaker is guaranteed to "
                  f"have (data.min_utterances_per_speaker = {self.data.min_utterances_per_speaker})")
+        extra = sorted(set(self.meta.inner_lr_by_group) - set(self.model.speaker_groups))
+        _require(not extra, "meta.inner_lr_by_group",
+                 f"{', '.join(extra)} is not among model.speaker_groups ({', '.join(self.model.speaker_groups)})")
 
 
 def migrate_legacy_keys(data: dict) -> dict:

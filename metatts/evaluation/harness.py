@@ -391,7 +391,7 @@ def _result(methods: dict[str, Method], runs: _Runs, context: EvalContext, grid:
         suite={**dataclasses.asdict(suite), "speakers": list(dict.fromkeys(e.speaker for e in episodes))},
         checkpoints={role: {"path": str(ev.path), "kind": ev.meta.kind, "step": ev.meta.step, "digest": ev.digest}
                      for role, ev in context.models.items()},
-        settings={**settings, **SETTINGS, "stage_seconds": stages, "listener_steps": listener_steps or grid},
+        settings={**settings, **SETTINGS, "stage_seconds": stages, "listener_steps": grid if listener_steps is None else list(listener_steps)},
         vocoder={"name": vocoder_name(vocoder), "class": type(vocoder).__name__},
         unusable_synthesis={n: r.unusable for n, r in runs.methods.items()}, eer_notes=notes, samples=runs.samples,
         dvector=clean({k: v for k, v in dvector.fitted.info.items() if k != "key"}) if dvector else None,
@@ -461,8 +461,8 @@ def run_evaluation(meta_checkpoint, baseline_checkpoint, suite, out_dir, *, meth
                               real=RealAudio(store, audio, encoder, cache_dir / "dvectors.npz"), encoder=encoder,
                               splits=splits, shots=suite.shots, queries=suite.queries, out_dir=out_dir,
                               baseline_lr=baseline_lr, full_lr=full_lr, dvector_utterances=dvector_utterances, log=log)
-        if listener_steps is not None:
-            listener_steps = [k for k in step_grid(listener_steps) if k in grid]
+        if listener_steps is not None:  # empty: no listener metrics at all
+            listener_steps = [k for k in step_grid(listener_steps) if k in grid] if listener_steps else []
         stages = {}
         tick = time.perf_counter()
         cache = EpisodeCache(cache_dir / "scores")

@@ -45,9 +45,10 @@ from metatts.model.batch import Batch
 from metatts.model.losses import FastSpeech2Loss
 
 # Grids the non-meta gradient methods are tuned over on meta-val episodes (``evaluation.tuning``). The SGD rates of
-# the speaker group span the ones earlier runs used by hand (0.1 demo, 0.5 speechocean762, 0.7 best on demo val);
+# the speaker group span the ones earlier runs used by hand (0.1 demo, 0.5 speechocean762, 0.7 best on demo val) and
+# reach down to where shared weights in the group (the decoder's) stop diverging (0.01 for full fine-tuning);
 # full fine-tuning tries Adam around the usual 1e-4 and plain SGD.
-BASELINE_GRID = tuple({"lr": lr} for lr in (0.03, 0.1, 0.3, 1.0, 3.0))
+BASELINE_GRID = tuple({"lr": lr} for lr in (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0))
 FULL_GRID = tuple([{"optimizer": "adam", "lr": lr} for lr in (1e-4, 3e-4, 1e-3)]
                   + [{"optimizer": "sgd", "lr": lr} for lr in (0.01, 0.1)])
 

@@ -67,6 +67,7 @@ class InnerResult:
     fast: dict[str, Tensor]
     losses: list[Tensor]
     path: list[dict[str, Tensor]] | None = None  # φ_1 … φ_k (φ_k is ``fast``) when ``keep_path``; None otherwise
+    start: dict[str, Tensor] | None = None  # φ_start as adapted (set by ``meta.step.support_adapt``)
 
 
 def make_loss_fn(model: nn.Module, frozen: Mapping[str, Tensor] | None, args: tuple,

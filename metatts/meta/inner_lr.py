@@ -44,10 +44,11 @@ class InnerLR(nn.Module):
     """``rates()`` -> {fast-weight name: α tensor} (or, per step, a list of those), ready for ``adapt(lr=...)``.
 
     ``fast`` gives the names, shapes, dtype and device (values are not read). ``steps``: None for one rate used at
-    every step, k for a rate per inner step. State-dict keys are ``raw.<name with "." replaced by "__">``.
+    every step, k for a rate per inner step. ``init``: the starting α, one for all or per name (every name of
+    ``fast``). State-dict keys are ``raw.<name with "." replaced by "__">``.
     """
 
-    def __init__(self, fast: Mapping[str, Tensor], init: float, mode: str = "per_parameter",
+    def __init__(self, fast: Mapping[str, Tensor], init: float | Mapping[str, float], mode: str = "per_parameter",
                  parameterization: str = "log", steps: int | None = None):
         super().__init__()
         if steps is not None and steps < 1:
@@ -56,21 +57,24 @@ class InnerLR(nn.Module):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
-        if parameterization == "log" and init <= 0:
-            raise ValueError(f"init must be positive for the log parameterization, got {init}")
         self.names = list(fast)
+        inits = dict(init) if isinstance(init, Mapping) else dict.fromkeys(self.names, init)
+        if set(inits) != set(self.names):
+            raise ValueError(f"init names {sorted(inits)} are not the fast weights {sorted(self.names)}")
+        if parameterization == "log" and min(inits.values(), default=1.0) <= 0:
+            raise ValueError(f"init must be positive for the log parameterization, got {min(inits.values())}")
         keys = [_key(n) for n in self.names]
         if len(set(keys)) != len(keys):
             raise ValueError(f"fast-weight names collide once '.' becomes '__': {self.names}")
         self.mode = mode
         self.parameterization = parameterization
         self.steps = steps
-        value = math.log(init) if parameterization == "log" else init
         lead = () if steps is None else (steps,)
         self.raw = nn.ParameterDict({
-            key: nn.Parameter(torch.full(lead + (t.shape if mode == "per_parameter" else ()), value, dtype=t.dtype,
-                                         device=t.device))
-            for key, t in zip(keys, fast.values())
+            key: nn.Parameter(torch.full(lead + (t.shape if mode == "per_parameter" else ()),
+                                         math.log(inits[name]) if parameterization == "log" else inits[name],
+                                         dtype=t.dtype, device=t.device))
+            for key, (name, t) in zip(keys, fast.items())
         })
 
     def lr(self, name: str) -> Tensor:

@@ -8,7 +8,8 @@ checkpoints). One meta-step::
                φ_k = adapt(L_support(θ, ·), φ_0, k, α)       eval mode (as at test time); second order unless
                                                             meta.first_order or before meta.first_order_steps;
                                                             α per step with meta.inner_lr_per_step
-               L_task = L_query(θ, φ_k) + L_align(query)     Σ_i w_i L_query(θ, φ_i) with multi_step_loss_steps
+               L_task = L_query(θ, φ_k) + L_align(query)     Σ_i w_i L_query(θ, φ_i) with multi_step_loss_steps,
+                                                            + w_0 L_query(θ, φ_start) with start_loss_weight
     θ, φ_0, α  ← Adam(∇ (1/B) Σ_tasks L_task)               warm-up, clipping; NaN/Inf steps skipped
 
 Loss terms. The support (inner) loss and the query loss are FastSpeech 2's, teacher-forced on the aligner's
@@ -53,7 +54,7 @@ from metatts.evaluation.curves import adaptation_curve
 from metatts.meta import distributed as mdist
 from metatts.meta.inner_lr import InnerLR
 from metatts.meta.step import MetaStepSettings, StepStats, Task, meta_step
-from metatts.model.acoustic import REFERENCE_PREFIX, select_parameters
+from metatts.model.acoustic import PER_VOICE_GROUPS, REFERENCE_PREFIX, select_parameters
 from metatts.model.losses import FastSpeech2Loss, LossWeights
 from metatts.runtime.checkpoint import CheckpointError, load_weights, read_meta
 from metatts.runtime.env import resolve_device, rng_state, seed_everything, set_threads
@@ -85,14 +86,26 @@ def _param_groups(model: nn.Module, groups: Sequence[str], inner_lr: InnerLR | N
     """Three outer learning rates. The weights θ move at ``meta.outer_lr`` like any fine-tuning; φ0 and the
     inner rates are what meta-learning adds, and at θ's rate they barely move in a CPU-sized run (Adam's step is
     ~lr per element: 3e-4 per step changes a log-rate by 0.05 in 150 steps, i.e. the rates stay where they
-    started), so they get their own, larger ``meta.init_lr`` and ``meta.rates_lr``."""
-    slot = select_parameters(model, groups)
-    slot_ids = {id(p) for p in slot.values()}
+    started), so they get their own, larger ``meta.init_lr`` and ``meta.rates_lr``. φ0 at ``init_lr`` means the
+    per-voice tensors only (the new-speaker slot and the adapters, which no training speaker uses); shared weights
+    adapted as fast weights (``decoder``, ``variance_adaptor``) are θ too and stay at ``outer_lr``, which the
+    model was trained at."""
+    own = [g for g in groups if g in PER_VOICE_GROUPS]
+    per_voice = select_parameters(model, own) if own else {}
+    slot_ids = {id(p) for p in per_voice.values()}
     out = [{"params": [p for p in model.parameters() if id(p) not in slot_ids], "lr": meta.outer_lr, "name": "weights"},
-           {"params": list(slot.values()), "lr": meta.init_lr, "name": "init"}]
+           {"params": list(per_voice.values()), "lr": meta.init_lr, "name": "init"}]
     if inner_lr is not None:
         out.append({"params": list(inner_lr.parameters()), "lr": meta.rates_lr, "name": "rates"})
     return out
+
+
+def _initial_rates(model: nn.Module, groups: Sequence[str], meta) -> dict[str, float]:
+    """The starting inner rate of each fast weight: ``meta.inner_lr_by_group`` for its group, else ``meta.inner_lr``.
+    (A speaker slot takes steps of 0.3; a decoder weight at that rate diverges in one step, and learned rates move
+    ~1 % per meta-step, too slowly to come back from a rate 10x too high.)"""
+    owner = {name: group for group, names in model.parameter_groups().items() for name in names}
+    return {name: meta.inner_lr_by_group.get(owner[name], meta.inner_lr) for name in select_parameters(model, groups)}
 
 
 def _task_seed(seed: int, step: int, index: int) -> int:
@@ -166,7 +179,7 @@ def _set_up(config: Config, context: mdist.DistContext, log) -> _Setup:
     sampler, val_episodes = _episodes(config, data, context, log)
     model = build_model(config, len(data.symbols), len(data.speakers)).to(device)
     groups = list(config.model.speaker_groups)
-    inner_lr = (InnerLR(select_parameters(model, groups), init=meta.inner_lr, mode=meta.inner_lr_mode,
+    inner_lr = (InnerLR(select_parameters(model, groups), init=_initial_rates(model, groups, meta), mode=meta.inner_lr_mode,
                         steps=meta.inner_steps if meta.inner_lr_per_step else None).to(device)
                 if meta.learn_inner_lr else None)
     optimizer = torch.optim.Adam(_param_groups(model, groups, inner_lr, meta), betas=(0.9, 0.98), eps=1e-9)
@@ -176,7 +189,8 @@ def _set_up(config: Config, context: mdist.DistContext, log) -> _Setup:
                                 first_order=meta.first_order, meta_batch=meta.meta_batch,
                                 grad_clip=config.train.grad_clip, precision=precision,
                                 first_order_steps=meta.first_order_steps,
-                                multi_step_loss_steps=meta.multi_step_loss_steps, query_dropout=meta.query_dropout)
+                                multi_step_loss_steps=meta.multi_step_loss_steps, query_dropout=meta.query_dropout,
+                                start_loss_weight=meta.start_loss_weight)
     # fp16 only; the meta-step scales the inner loop's support loss by the same scale.
     return _Setup(data, sampler, val_episodes, model, inner_lr, optimizer, schedule,
                   grad_scaler(device, precision), settings, device)

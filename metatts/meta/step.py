@@ -6,10 +6,12 @@
         φ_i = adapt(L_support(θ, ·), φ_start, i, α_i)     eval mode (no dropout, as at test time); α_i per step or
                                                           shared; second order unless first order (``first_order``,
                                                           or before meta-step ``first_order_steps``)
-        L_task = Σ_i w_i L_query(θ, φ_i) + w_fs · L_forward_sum(query)
+        L_task = Σ_i w_i L_query(θ, φ_i) + w_0 L_query(θ, φ_start) + w_fs · L_forward_sum(query)
                                                           w = (0, …, 0, 1) unless the multi-step loss
                                                           (``multi_step_weights``); query dropout per ``query_dropout``
                                                           φ_start = φ_0 (+ Δ(support) with a reference encoder)
+                                                          w_0 = ``meta.start_loss_weight`` (0: off): the zero-shot
+                                                          loss, the only one that trains the start for step 0
         backward of L_task / B                            B = the whole meta-batch (all ranks)
     gradients summed over ranks; skip the step if any rank saw a non-finite loss or the gradient is non-finite;
     clip; optimizer step
@@ -100,19 +102,27 @@ def support_adapt(model: nn.Module, support: Batch, lr: Rates, groups: Sequence[
         with _mode(model, False):
             return forward(fast)
 
-    return adapt(support_loss, starting_params(model, groups, support), steps, lr, first_order=first_order,
-                 loss_scale=loss_scale, keep_path=keep_path)
+    start = starting_params(model, groups, support)
+    result = adapt(support_loss, start, steps, lr, first_order=first_order, loss_scale=loss_scale, keep_path=keep_path)
+    result.start = start
+    return result
 
 
 def task_loss(model: nn.Module, support: Batch, query: Batch, lr: Rates, groups: Sequence[str], *, steps: int,
               first_order: bool = False, loss: FastSpeech2Loss | None = None, loss_scale: float | None = None,
-              query_weights: Sequence[float] | None = None, query_dropout: bool = True) -> TaskLoss:
+              query_weights: Sequence[float] | None = None, query_dropout: bool = True,
+              start_weight: float = 0.0) -> TaskLoss:
     """``support_adapt``, then the query losses at φ_k. Differentiable into every parameter of ``model`` and into
     ``lr`` (second order unless ``first_order``). ``loss_scale``: the inner loss scale under fp16 autocast
     (``metatts.runtime.precision.inner_loss_scale``). ``query_weights`` (``multi_step_weights``): the query loss
     after each inner step, weighted; a step of weight 0 costs no query forward, so with None (or all weight on the
     last step) this is exactly one query forward. ``query_dropout``: the query forward in the model's own mode
-    (dropout in train mode); False: in eval mode too."""
+    (dropout in train mode); False: in eval mode too. ``start_weight``: weight of the query loss at φ_start, before
+    any inner step (the zero-shot loss). Without it nothing asks the start itself to fit the query speaker: the
+    inner loop's steps are trained to repair whatever start they get, and with an amortized start the step-0
+    (zero-shot) voice drifted away from the speaker as meta-training went on."""
+    if start_weight < 0:
+        raise ValueError(f"start_weight must be >= 0, got {start_weight}")
     loss = loss or FastSpeech2Loss()
     if query_weights is not None and len(query_weights) != steps:
         raise ValueError(f"{len(query_weights)} query weights for {steps} inner steps")
@@ -130,12 +140,14 @@ def task_loss(model: nn.Module, support: Batch, query: Batch, lr: Rates, groups:
             return loss(functional_call(model, fast, (query,)), query)
 
     final = query_terms(inner.fast)
-    if not multi:
+    if not multi and not start_weight:
         return TaskLoss(query=final, support=inner.losses)
-    total = query_weights[-1] * final.total
-    for i in weighted:
+    total = (query_weights[-1] if multi else 1.0) * final.total
+    for i in weighted if multi else []:
         if i != steps - 1:
             total = total + query_weights[i] * query_terms(inner.path[i]).total
+    if start_weight:
+        total = total + start_weight * query_terms(inner.start).total
     return TaskLoss(query=final, support=inner.losses, weighted=total)
 
 
@@ -167,6 +179,7 @@ class MetaStepSettings:
     first_order_steps: int = 0  # ``meta.first_order_steps``: first order before this meta-step, second after
     multi_step_loss_steps: int = 0  # ``meta.multi_step_loss_steps``: the multi-step loss's annealing (0: off)
     query_dropout: bool = True  # ``meta.query_dropout``
+    start_loss_weight: float = 0.0  # ``meta.start_loss_weight``: the zero-shot query loss at φ_start (0: off)
 
     def first_order_at(self, step: int) -> bool:
         """Whether (0-based) meta-step ``step`` takes the first-order meta-gradient."""
@@ -211,7 +224,8 @@ def task_objective(model: nn.Module, task: Task, settings: MetaStepSettings, lr,
         if task_fn is None:
             result = task_loss(model, support, query, lr, settings.groups, steps=settings.inner_steps,
                                first_order=settings.first_order_at(step), loss=loss, loss_scale=loss_scale,
-                               query_weights=settings.query_weights_at(step), query_dropout=settings.query_dropout)
+                               query_weights=settings.query_weights_at(step), query_dropout=settings.query_dropout,
+                               start_weight=settings.start_loss_weight)
         else:
             result = task_fn(model, support, query, lr)
         objective = result.total + loss.weights.forward_sum * aligner

@@ -63,6 +63,9 @@ _GROUP_PREFIXES = (
 ADAPTER_MARK = "_adapter.lora_"
 GROUPS = tuple(dict.fromkeys(group for _, group in _GROUP_PREFIXES)) + ("adapters",)
 SPEAKER_GROUPS = ("speaker_embedding", "speaker_norms")  # the per-speaker (fast) groups: the slot tensors
+# Groups no training speaker uses (the new-speaker slot, the adapters): per-voice by construction. Other groups that
+# can be fast weights (decoder, variance_adaptor, ...) are shared weights a voice starts from and changes.
+PER_VOICE_GROUPS = SPEAKER_GROUPS + ("adapters",)
 
 
 @dataclass

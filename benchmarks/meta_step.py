@@ -58,6 +58,7 @@ from metatts.runtime.env import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("plain", "first_order", "second_order", "higher", "torchopt")
+PEERS = ("torchopt", "higher")  # other libraries' inner loops in our meta-step
 GROUPS = ["speaker_embedding", "speaker_norms"]
 N_SYMBOLS = 80
 TRAIN_SPEAKERS = 31  # the demo corpus's meta-train speakers (rows of the speaker table)
@@ -178,11 +179,12 @@ def one_step(variant: str, model, inner_lr, params, optimizer, episodes, plain, 
         raise RuntimeError(f"{variant}: the meta-step was skipped ({stats.skipped})")
 
 
-def agreement(model, inner_lr, params, episodes, steps: int) -> dict[str, float]:
-    """Largest relative gradient difference of higher / torchopt to ours (eval mode, no optimizer step)."""
+def agreement(model, inner_lr, params, episodes, steps: int, peers=PEERS) -> dict[str, float]:
+    """Largest relative gradient difference of the peers (higher / torchopt) to ours (eval mode, no optimizer
+    step)."""
     model.eval()
     grads = {}
-    for variant in ("second_order", "higher", "torchopt"):
+    for variant in ("second_order", *peers):
         for p in params:
             p.grad = None
         support, query = episodes[0]
@@ -195,7 +197,7 @@ def agreement(model, inner_lr, params, episodes, steps: int) -> dict[str, float]
         p.grad = None
     ref = grads["second_order"]
     scale = max(float(g.abs().max()) for g in ref)
-    return {v: max(float((a - b).abs().max()) for a, b in zip(grads[v], ref)) / scale for v in ("higher", "torchopt")}
+    return {v: max(float((a - b).abs().max()) for a, b in zip(grads[v], ref)) / scale for v in peers}
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -211,21 +213,22 @@ def _status_mb(field: str) -> float:
 def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     state = set_up(args.preset, args.tasks, args.shots, args.queries)
+    variants = tuple(args.variants)
     if args.child == "agreement":
-        print(json.dumps(agreement(*state[:3], state[4], args.inner_steps)))
+        print(json.dumps(agreement(*state[:3], state[4], args.inner_steps, [v for v in PEERS if v in variants])))
         return
     if args.child == "timing":
-        cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        cpu: dict[str, list[float]] = {v: [] for v in variants}
+        wall: dict[str, list[float]] = {v: [] for v in variants}
         for round_ in range(args.repeats + 1):
             # The order rotates every round: a variant that follows a memory-hungry one finds pages already mapped.
-            for variant in VARIANTS[round_ % len(VARIANTS):] + VARIANTS[:round_ % len(VARIANTS)]:
+            for variant in variants[round_ % len(variants):] + variants[:round_ % len(variants)]:
                 start, start_cpu = time.perf_counter(), time.process_time()
                 one_step(variant, *state, args.inner_steps)
                 cpu[variant].append((time.process_time() - start_cpu) * 1000)
                 wall[variant].append((time.perf_counter() - start) * 1000)
         print(json.dumps({v: {"ms": statistics.median(cpu[v][1:]), "cpu_ms": cpu[v], "wall_ms": wall[v]}
-                          for v in VARIANTS}))
+                          for v in variants}))
         return
     before = _status_mb("VmRSS")
     try:
@@ -243,7 +246,7 @@ def child(args: argparse.Namespace) -> None:
 def run_child(preset: str, what: str, args: argparse.Namespace, repeats: int = 0) -> dict:
     command = [sys.executable, __file__, "--child", what, "--preset", preset, "--repeats", str(repeats),
                "--tasks", str(args.tasks), "--shots", str(args.shots), "--queries", str(args.queries),
-               "--inner-steps", str(args.inner_steps), "--threads", str(args.threads)]
+               "--inner-steps", str(args.inner_steps), "--threads", str(args.threads), "--variants", *args.variants]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{preset}/{what} failed:\n{done.stderr[-3000:]}")
@@ -263,6 +266,8 @@ def main() -> None:
                         help="inner step counts of the memory-vs-k measurement")
     parser.add_argument("--memory-sweep-presets", nargs="*", default=["tiny"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="what to run (default all; second_order and a peer give the ratio)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
@@ -281,28 +286,34 @@ def main() -> None:
                         "peers": "higher and torchopt replace only the inner loop; support in eval mode in all"},
               "load_average_at_start": os.getloadavg()}
     for preset in args.presets:
-        entry: dict = {"peak_mb": {}}
-        for variant in VARIANTS:
+        entry: dict = {"peak_mb": {}, "variants": list(args.variants)}
+        for variant in args.variants:
             report = run_child(preset, variant, args)
             entry["peak_mb"][variant] = round(report["peak_mb"], 1)
             entry["memory_method"] = report["memory_method"]
             print(f"{preset:6s} {variant:13s} peak +{report['peak_mb']:8.1f} MB", flush=True)
         timing = run_child(preset, "timing", args, args.repeats if preset == "tiny" else args.paper_repeats)
-        for variant in VARIANTS:
+        for variant in args.variants:
             entry[f"{variant}_ms"] = round(timing[variant]["ms"], 1)
             print(f"{preset:6s} {variant:13s} {timing[variant]['ms']:10.1f} ms", flush=True)
-        entry["rounds_cpu_ms"] = {v: [round(t, 1) for t in timing[v]["cpu_ms"]] for v in VARIANTS}
+        entry["rounds_cpu_ms"] = {v: [round(t, 1) for t in timing[v]["cpu_ms"]] for v in args.variants}
+        entry["rounds_wall_ms"] = {v: [round(t, 1) for t in timing[v]["wall_ms"]] for v in args.variants}
         # The numbers that count: ours over each peer within one round (same process, adjacent in time), median
         # over the timed rounds -- not a ratio of two medians taken at different times.
-        for peer in ("torchopt", "higher"):
-            rounds = [a / b for a, b in zip(timing["second_order"]["cpu_ms"][1:], timing[peer]["cpu_ms"][1:])]
+        def within_rounds(a: str, b: str) -> list[float]:
+            return [x / y for x, y in zip(timing[a]["cpu_ms"][1:], timing[b]["cpu_ms"][1:])]
+
+        for peer in (v for v in PEERS if v in args.variants and "second_order" in args.variants):
+            rounds = within_rounds("second_order", peer)
             entry[f"second_order_over_{peer}"] = {"median": round(statistics.median(rounds), 3),
                                                   "rounds": [round(r, 3) for r in rounds]}
-        rounds = [a / b for a, b in zip(timing["second_order"]["cpu_ms"][1:], timing["first_order"]["cpu_ms"][1:])]
-        entry["second_over_first_order_rounds"] = [round(r, 3) for r in rounds]
-        entry["rounds_wall_ms"] = {v: [round(t, 1) for t in timing[v]["wall_ms"]] for v in VARIANTS}
-        entry["agreement"] = run_child(preset, "agreement", args)
-        entry["second_over_first_order"] = round(statistics.median(rounds), 2)
+            print(f"{preset:6s} second_order / {peer}: {statistics.median(rounds):.3f} (rounds {rounds})", flush=True)
+        if any(v in args.variants for v in PEERS):
+            entry["agreement"] = run_child(preset, "agreement", args)
+        if {"first_order", "second_order"} <= set(args.variants):
+            rounds = within_rounds("second_order", "first_order")
+            entry["second_over_first_order_rounds"] = [round(r, 3) for r in rounds]
+            entry["second_over_first_order"] = round(statistics.median(rounds), 2)
         entry["params"] = sum(p.numel() for p in build_model(config_from_dict({}, [f"model.preset={preset}"]),
                                                               N_SYMBOLS, TRAIN_SPEAKERS).parameters())
         if preset in args.memory_sweep_presets:

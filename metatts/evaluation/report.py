@@ -131,14 +131,17 @@ def plot_curves(results: dict, metric: str, path: str | Path) -> Path:
     ax = fig.add_subplot(1, 1, 1)
     table = intervals_from_json(results, metric)
     for method in results["methods"]:
-        rows = [table.get(method, {}).get(k, (math.nan, math.nan, math.nan)) for k in steps]
-        if all(not math.isfinite(r[0]) for r in rows):
+        # Only the step counts this method was measured at (results merged from several runs may differ).
+        points = [(k, table[method][k]) for k in steps if math.isfinite(table.get(method, {}).get(k, (math.nan,))[0])]
+        if not points:
             continue
+        at, rows = [k for k, _ in points], [r for _, r in points]
         colour = COLOURS.get(method)
-        ax.plot(steps, [r[0] for r in rows], marker="o", markersize=3, label=method, color=colour,
-                linestyle="--" if method in results.get("flat_methods", {}) else "-")
+        line, = ax.plot(at, [r[0] for r in rows], marker="o", markersize=3, label=method, color=colour,
+                        linestyle="--" if method in results.get("flat_methods", {}) else "-")
         if all(math.isfinite(r[1]) and math.isfinite(r[2]) for r in rows):
-            ax.fill_between(steps, [r[1] for r in rows], [r[2] for r in rows], color=colour, alpha=0.15, linewidth=0)
+            ax.fill_between(at, [r[1] for r in rows], [r[2] for r in rows], color=line.get_color(), alpha=0.15,
+                            linewidth=0)
     references = results.get("references") or {}
     levels = {"gap_closed": (("same speaker", 1.0), ("stranger", 0.0))}.get(metric) or tuple(
         (label.split(": ")[-1], mean_of((references.get(level) or {}).get(metric)))
@@ -153,7 +156,7 @@ def plot_curves(results: dict, metric: str, path: str | Path) -> Path:
     label = {"similarity": "speaker similarity (cosine)", "eer": "verification EER",
              "gap_closed": "gap closed (0 stranger, 1 same speaker)"}.get(metric, metric)
     ax.set_ylabel(label)
-    ax.set_title(f"{label} vs steps ({len(results['episodes'])} episodes; shaded: 95 % interval over speakers)",
+    ax.set_title(f"{label} vs steps\n({len(results['episodes'])} episodes; shaded: 95 % interval over speakers)",
                  fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -25,8 +25,13 @@ Where clear_refs is unavailable ``ru_maxrss`` is used instead (then set-up peaks
 Time: one more process runs all variants round-robin on one model (a first warm-up round, then ``--repeats``
 rounds, the order rotating each round). ``*_ms`` is the median *CPU* time of the process (``time.process_time``, one torch thread): on a shared
 machine wall time swings with other processes' load (recorded too, as ``wall_ms``), CPU time much less.
+Ratios (``second_order_over_torchopt``, ``…_higher``, ``second_over_first_order``): the ratio within each timed
+round, median over rounds. ``--variants`` limits what runs (the paper preset's higher step takes minutes).
 Memory against the inner step count (``memory_by_inner_steps``): the same fresh-process measurement for first and
 second order at each k of ``--memory-sweep`` (tiny model by default).
+Throughput (``throughput``): one more step per variant under torch's FlopCounterMode (matmul-class FLOPs) and the
+best fp32 1024² matmul rate on the same threads; achieved FLOP/s = FLOPs / the median CPU time.
+``--add-throughput FILE`` adds it to an earlier result file from that file's own timings.
 Writes benchmarks/results/meta-step-<date>.json with `machine` (``metatts.runtime.env.machine_info``).
 """
 
@@ -55,6 +60,7 @@ from metatts.model.acoustic import select_parameters
 from metatts.model.batch import NEW_SPEAKER, Batch
 from metatts.model.losses import FastSpeech2Loss
 from metatts.runtime.env import machine_info
+from metatts.runtime.flops import Roof, count_flops, matmul_roof, throughput
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("plain", "first_order", "second_order", "higher", "torchopt")
@@ -217,6 +223,13 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "agreement":
         print(json.dumps(agreement(*state[:3], state[4], args.inner_steps, [v for v in PEERS if v in variants])))
         return
+    if args.child == "flops":
+        # One more step per variant under the FLOP counter (matmul-class FLOPs), and the fp32 matmul roof of this
+        # process's threads: achieved FLOP/s is these FLOPs over the timed CPU time.
+        counts = {v: count_flops(lambda v=v: one_step(v, *state, args.inner_steps)) for v in variants}
+        roof = matmul_roof("cpu", torch.float32, size=1024, seconds=2.0)
+        print(json.dumps({"flops": counts, "roof": roof.__dict__}))
+        return
     if args.child == "timing":
         cpu: dict[str, list[float]] = {v: [] for v in variants}
         wall: dict[str, list[float]] = {v: [] for v in variants}
@@ -253,6 +266,18 @@ def run_child(preset: str, what: str, args: argparse.Namespace, repeats: int = 0
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def add_flops(entry: dict, preset: str, args: argparse.Namespace) -> None:
+    """``entry["throughput"]``: per variant, matmul-class FLOPs of one step, achieved FLOP/s at the entry's timed
+    CPU time, and the fraction of this machine's fp32 matmul roof on the same threads."""
+    variants = entry.get("variants") or [v for v in VARIANTS if f"{v}_ms" in entry]  # files before "variants"
+    report = run_child(preset, "flops", argparse.Namespace(**{**vars(args), "variants": variants}))
+    roof = Roof(**report["roof"])
+    entry["throughput"] = {v: throughput(n, entry[f"{v}_ms"] / 1000, roof) for v, n in report["flops"].items()}
+    for v, t in entry["throughput"].items():
+        print(f"{preset:6s} {v:13s} {t['flops_per_step'] / 1e9:8.1f} GFLOP/step {t['achieved_flops_per_s'] / 1e9:6.2f} "
+              f"GFLOP/s = {t['fraction_of_roof']:.1%} of the {roof.flops_per_s / 1e9:.1f} GFLOP/s roof", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "paper"])
@@ -271,9 +296,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
+    parser.add_argument("--add-throughput", type=Path, metavar="JSON",
+                        help="add the FLOP/s report to the presets of an earlier result file of this script, from "
+                             "its own timings, and rewrite it (no new timing)")
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.add_throughput:
+        torch.set_num_threads(args.threads)
+        result = json.loads(args.add_throughput.read_text())
+        for preset in (p for p in ("tiny", "paper") if p in result):
+            add_flops(result[preset], preset, args)
+        result.setdefault("setup", {})["throughput"] = (
+            "matmul-class FLOPs of one step (torch FlopCounterMode) over its median CPU time, against the best fp32 "
+            f"1024^2 matmul rate on {args.threads} thread(s); added {datetime.date.today().isoformat()}, load "
+            f"{os.getloadavg()[0]:.2f}")
+        args.add_throughput.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"rewrote {args.add_throughput}")
         return
     torch.set_num_threads(args.threads)
     result = {"date": datetime.date.today().isoformat(), "machine": machine_info(),
@@ -314,6 +354,7 @@ def main() -> None:
             rounds = within_rounds("second_order", "first_order")
             entry["second_over_first_order_rounds"] = [round(r, 3) for r in rounds]
             entry["second_over_first_order"] = round(statistics.median(rounds), 2)
+        add_flops(entry, preset, args)
         entry["params"] = sum(p.numel() for p in build_model(config_from_dict({}, [f"model.preset={preset}"]),
                                                               N_SYMBOLS, TRAIN_SPEAKERS).parameters())
         if preset in args.memory_sweep_presets:

@@ -179,8 +179,8 @@ def _set_up(config: Config, context: mdist.DistContext, log) -> _Setup:
     sampler, val_episodes = _episodes(config, data, context, log)
     model = build_model(config, len(data.symbols), len(data.speakers)).to(device)
     groups = list(config.model.speaker_groups)
-    inner_lr = (InnerLR(select_parameters(model, groups), init=_initial_rates(model, groups, meta), mode=meta.inner_lr_mode,
-                        steps=meta.inner_steps if meta.inner_lr_per_step else None).to(device)
+    inner_lr = (InnerLR(select_parameters(model, groups), init=_initial_rates(model, groups, meta),
+                        mode=meta.inner_lr_mode, steps=meta.inner_steps if meta.inner_lr_per_step else None).to(device)
                 if meta.learn_inner_lr else None)
     optimizer = torch.optim.Adam(_param_groups(model, groups, inner_lr, meta), betas=(0.9, 0.98), eps=1e-9)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_inverse_sqrt(s, meta.warmup_steps))

@@ -48,7 +48,9 @@ QUERY_TERMS = ("mel", "postnet_mel", "duration", "pitch", "energy")  # FastSpeec
 class TaskLoss:
     query: LossTerms  # query losses at the adapted φ_k (with graph)
     support: list[Tensor]  # support loss before each inner step (detached)
-    weighted: Tensor | None = None  # Σ_i w_i L_query(φ_i).total under the multi-step loss; None: query.total alone
+    # Σ_i w_i L_query(φ_i).total under the multi-step loss, plus w_0 L_query(φ_start).total with a start loss;
+    # None: query.total alone
+    weighted: Tensor | None = None
 
     @property
     def total(self) -> Tensor:

@@ -30,16 +30,6 @@ def speechocean() -> Path:
     return _shared("speechocean762-adults")
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """The cores are shared with other jobs; one torch thread keeps training tests quick and polite. A module opts in
-    with ``pytestmark = pytest.mark.usefixtures("one_thread")`` (module scope: its fixtures that train run under it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @contextmanager
 def _threads(n: int):
     threads = torch.get_num_threads()
@@ -48,6 +38,14 @@ def _threads(n: int):
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The cores are shared with other jobs; one torch thread keeps training tests quick and polite. A module opts in
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")`` (module scope: its fixtures that train run under it)."""
+    with _threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -391,7 +391,8 @@ def _result(methods: dict[str, Method], runs: _Runs, context: EvalContext, grid:
         suite={**dataclasses.asdict(suite), "speakers": list(dict.fromkeys(e.speaker for e in episodes))},
         checkpoints={role: {"path": str(ev.path), "kind": ev.meta.kind, "step": ev.meta.step, "digest": ev.digest}
                      for role, ev in context.models.items()},
-        settings={**settings, **SETTINGS, "stage_seconds": stages, "listener_steps": grid if listener_steps is None else list(listener_steps)},
+        settings={**settings, **SETTINGS, "stage_seconds": stages,
+                  "listener_steps": grid if listener_steps is None else list(listener_steps)},
         vocoder={"name": vocoder_name(vocoder), "class": type(vocoder).__name__},
         unusable_synthesis={n: r.unusable for n, r in runs.methods.items()}, eer_notes=notes, samples=runs.samples,
         dvector=clean({k: v for k, v in dvector.fitted.info.items() if k != "key"}) if dvector else None,

@@ -145,7 +145,7 @@ def task_loss(model: nn.Module, support: Batch, query: Batch, lr: Rates, groups:
     if not multi and not start_weight:
         return TaskLoss(query=final, support=inner.losses)
     total = (query_weights[-1] if multi else 1.0) * final.total
-    for i in weighted if multi else []:
+    for i in weighted:  # the last step is ``final``, already in
         if i != steps - 1:
             total = total + query_weights[i] * query_terms(inner.path[i]).total
     if start_weight:

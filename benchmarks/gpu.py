@@ -13,6 +13,8 @@ Per preset (tiny, paper) and precision (fp32, bf16, fp16):
   * ``plain``: one ``metatts train`` step on B x (N + Q) utterances as one multi-speaker batch;
   * ``first_order`` / ``second_order``: one meta-step of B tasks of N support + Q query utterances, k inner steps,
     learned per-element inner rates;
+  * ``plain_compiled``: the plain step with encoder and decoder under ``torch.compile`` (inductor), its first step
+    (compilation) and ratio to eager -- the measurement behind not compiling by default;
   each with ``ms`` (mean over ``--repeats`` steps after ``--warmup``), ``steps_per_s``, ``peak_mb``
   (``torch.cuda.max_memory_allocated`` during the timed steps; model, Adam state and data included, reported as
   ``resident_mb``) and FLOP/s (``metatts.runtime.flops``: matmul-class FLOPs of one step / its time) beside the
@@ -170,6 +172,34 @@ def _peak_of_one_step(step: Callable[[], None], device: torch.device) -> float |
     return _mb(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
 
 
+def compiled_plain(s: Setup, args: argparse.Namespace, roof, eager: dict) -> dict:
+    """The plain step with the model's encoder and decoder compiled in place by ``torch.compile``
+    (``--compile-backend``, inductor by default), after the eager steps (it changes ``s.model``): time, compile time
+    (the first step's), and the ratio to eager. FLOPs are the eager step's (the counter does not see inside compiled
+    code). A compiler error is recorded, not raised: this row measures torch.compile, which metatts does not need."""
+    try:
+        for name in ("encoder", "decoder"):
+            getattr(s.model, name).compile(backend=args.compile_backend)
+        start = time.perf_counter()
+        plain_step(s)
+        _sync(s.device)
+        first = time.perf_counter() - start
+        result = timed(lambda: plain_step(s), s.device, args.warmup, args.repeats)
+    except Exception as error:  # noqa: BLE001 - any compiler failure is the measurement
+        if isinstance(error, RuntimeError) and _is_oom(error):
+            _free(s.device)
+            return {"out_of_memory": True}
+        return {"error": f"{type(error).__name__}: {error}"[:500]}
+    seconds = result.pop("seconds")
+    result["first_step_s"] = round(first, 2)
+    if "flops_per_step" in eager:
+        result.update(throughput(eager["flops_per_step"], seconds, roof))
+        result.pop("roof")
+    if "ms" in eager:
+        result["over_eager"] = round(result["ms"] / eager["ms"], 3)
+    return result
+
+
 # ------------------------------------------------------------------------------------------------ stages
 class Budget:
     def __init__(self, seconds: float):
@@ -207,6 +237,9 @@ def grid(args: argparse.Namespace, device: torch.device, budget: Budget) -> dict
                     _free(device)
                 entry[name] = result
                 print(f"{key:12s} {name:13s} {json.dumps(result)}", flush=True)
+            if args.compile_backend != "off":
+                entry["plain_compiled"] = compiled_plain(s, args, roofs[precision], entry["plain"])
+                print(f"{key:12s} {'plain_compiled':13s} {json.dumps(entry['plain_compiled'])}", flush=True)
             entry["loss_scale_after"] = s.scaler.get_scale() if s.scaler.is_enabled() else None
             out[key] = entry
             s = steps = None
@@ -346,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-shots", type=int, default=512, help="largest support set the memory search tries")
     parser.add_argument("--roof-size", type=int, default=8192)
     parser.add_argument("--roof-seconds", type=float, default=1.0)
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend of the plain_compiled row (off: no such row)")
     parser.add_argument("--run-preset", default="tiny", help="model preset of the short train / meta-train runs")
     parser.add_argument("--train-steps", type=int, default=50)
     parser.add_argument("--train-batch", type=int, default=16)

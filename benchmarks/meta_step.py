@@ -32,12 +32,17 @@ second order at each k of ``--memory-sweep`` (tiny model by default).
 Throughput (``throughput``): one more step per variant under torch's FlopCounterMode (matmul-class FLOPs) and the
 best fp32 1024² matmul rate on the same threads; achieved FLOP/s = FLOPs / the median CPU time.
 ``--add-throughput FILE`` adds it to an earlier result file from that file's own timings.
+Compiled (``plain_compiled``, ``first_order_compiled``): the same steps on a copy whose encoder and decoder run
+through ``torch.compile`` (inductor, compiled in place); ``*_compiled_over_eager`` is the in-round ratio to the eager
+variant and ``first_step_wall_ms`` the first step, compilation included. Second order is not compiled (inductor
+cannot trace a double backward). They are not in the default run: ``--variants plain plain_compiled ...``.
 Writes benchmarks/results/meta-step-<date>.json with `machine` (``metatts.runtime.env.machine_info``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -63,7 +68,8 @@ from metatts.runtime.env import machine_info
 from metatts.runtime.flops import Roof, count_flops, matmul_roof, throughput
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("plain", "first_order", "second_order", "higher", "torchopt")
+VARIANTS = ("plain", "first_order", "second_order", "higher", "torchopt", "plain_compiled", "first_order_compiled")
+COMPILED_BLOCKS = ("encoder", "decoder")  # the FFT stacks: most of the FLOPs, no data-dependent shapes inside
 PEERS = ("torchopt", "higher")  # other libraries' inner loops in our meta-step
 GROUPS = ["speaker_embedding", "speaker_norms"]
 N_SYMBOLS = 80
@@ -169,7 +175,27 @@ INNER = {"first_order": ours(True), "second_order": ours(False), "higher": with_
 
 
 # ------------------------------------------------------------------------------------------------ one step
+_COMPILED: dict[int, tuple] = {}
+
+
+def compiled_copy(model, inner_lr):
+    """A copy of ``model`` (and of its rates and Adam) whose encoder and decoder run through ``torch.compile``
+    (inductor, compiled in place so parameter names do not change): the ``*_compiled`` variants. Built once per
+    model; the first step of a compiled variant includes the compilation (``first_ms`` of its memory child)."""
+    if id(model) not in _COMPILED:
+        twin, rates = copy.deepcopy(model), copy.deepcopy(inner_lr)
+        for name in COMPILED_BLOCKS:
+            getattr(twin, name).compile()
+        params = list(twin.parameters()) + list(rates.parameters())
+        optimizer = torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+        _COMPILED[id(model)] = (twin, rates, params, optimizer)
+    return _COMPILED[id(model)]
+
+
 def one_step(variant: str, model, inner_lr, params, optimizer, episodes, plain, steps: int) -> None:
+    if variant.endswith("_compiled"):
+        variant = variant.removesuffix("_compiled")
+        model, inner_lr, params, optimizer = compiled_copy(model, inner_lr)
     if variant == "plain":
         optimizer.zero_grad(set_to_none=True)
         FastSpeech2Loss()(model(plain), plain).total.backward()
@@ -226,7 +252,11 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "flops":
         # One more step per variant under the FLOP counter (matmul-class FLOPs), and the fp32 matmul roof of this
         # process's threads: achieved FLOP/s is these FLOPs over the timed CPU time.
-        counts = {v: count_flops(lambda v=v: one_step(v, *state, args.inner_steps)) for v in variants}
+        # A compiled variant does the same FLOPs as its eager twin (the counter does not see inside compiled code).
+        counts = {v: count_flops(lambda v=v: one_step(v, *state, args.inner_steps))
+                  for v in variants if not v.endswith("_compiled")}
+        counts.update({v: counts[v.removesuffix("_compiled")] for v in variants
+                       if v.endswith("_compiled") and v.removesuffix("_compiled") in counts})
         roof = matmul_roof("cpu", torch.float32, size=1024, seconds=2.0)
         print(json.dumps({"flops": counts, "roof": roof.__dict__}))
         return
@@ -291,7 +321,7 @@ def main() -> None:
                         help="inner step counts of the memory-vs-k measurement")
     parser.add_argument("--memory-sweep-presets", nargs="*", default=["tiny"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS[:5]), choices=VARIANTS,
                         help="what to run (default all; second_order and a peer give the ratio)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -330,6 +360,7 @@ def main() -> None:
         for variant in args.variants:
             report = run_child(preset, variant, args)
             entry["peak_mb"][variant] = round(report["peak_mb"], 1)
+            entry.setdefault("first_step_wall_ms", {})[variant] = round(report["first_ms"])  # compiling included
             entry["memory_method"] = report["memory_method"]
             print(f"{preset:6s} {variant:13s} peak +{report['peak_mb']:8.1f} MB", flush=True)
         timing = run_child(preset, "timing", args, args.repeats if preset == "tiny" else args.paper_repeats)
@@ -354,6 +385,13 @@ def main() -> None:
             rounds = within_rounds("second_order", "first_order")
             entry["second_over_first_order_rounds"] = [round(r, 3) for r in rounds]
             entry["second_over_first_order"] = round(statistics.median(rounds), 2)
+        for variant in (v for v in args.variants if v.endswith("_compiled")):
+            if (eager := variant.removesuffix("_compiled")) not in args.variants:
+                continue
+            rounds = within_rounds(variant, eager)
+            entry[f"{variant}_over_eager"] = {"median": round(statistics.median(rounds), 3),
+                                              "rounds": [round(r, 3) for r in rounds]}
+            print(f"{preset:6s} {variant} / eager: {statistics.median(rounds):.3f} (rounds {rounds})", flush=True)
         add_flops(entry, preset, args)
         entry["params"] = sum(p.numel() for p in build_model(config_from_dict({}, [f"model.preset={preset}"]),
                                                               N_SYMBOLS, TRAIN_SPEAKERS).parameters())

@@ -38,7 +38,7 @@ def test_the_gpu_code_path_runs_on_the_cpu(gpu_bench, tmp_path, one_thread):
                            "--shots", "2", "--queries", "2", "--inner-steps", "1", "--warmup", "0", "--repeats", "1",
                            "--max-shots", "4", "--roof-size", "64", "--roof-seconds", "0.01", "--train-steps", "2",
                            "--train-batch", "4", "--meta-steps", "1", "--store-speakers", "4",
-                           "--budget-s", "100000", "--out", str(tmp_path)]) == 0
+                           "--budget-s", "100000", "--compile-backend", "eager", "--out", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("gpu-*.json")
     result = json.loads(path.read_text())
     steps = result["steps"]["tiny/fp32"]
@@ -47,6 +47,8 @@ def test_the_gpu_code_path_runs_on_the_cpu(gpu_bench, tmp_path, one_thread):
     # the double backward's matmuls are counted: second order does more work than first order
     assert steps["second_order"]["flops_per_step"] > steps["first_order"]["flops_per_step"]
     assert steps["loss_scale_after"] is None  # fp32: no GradScaler
+    # torch.compile's row (dynamo's eager backend here: tracing without code generation, seconds not minutes)
+    assert steps["plain_compiled"]["steps_per_s"] > 0 and steps["plain_compiled"]["over_eager"] > 0
     assert result["memory"]["tiny"]["largest_support"]["shots"] == 4  # 2, then 4 = --max-shots
     runs = result["runs"]
     assert runs["train"]["steps"] == 2 and runs["meta_train"]["steps"] == 1 and runs["meta_train"]["skipped"] == 0

@@ -181,7 +181,7 @@ _COMPILED: dict[int, tuple] = {}
 def compiled_copy(model, inner_lr):
     """A copy of ``model`` (and of its rates and Adam) whose encoder and decoder run through ``torch.compile``
     (inductor, compiled in place so parameter names do not change): the ``*_compiled`` variants. Built once per
-    model; the first step of a compiled variant includes the compilation (``first_ms`` of its memory child)."""
+    model; the first step of a compiled variant includes the compilation (``first_step_wall_ms``)."""
     if id(model) not in _COMPILED:
         twin, rates = copy.deepcopy(model), copy.deepcopy(inner_lr)
         for name in COMPILED_BLOCKS:
@@ -322,7 +322,8 @@ def main() -> None:
     parser.add_argument("--memory-sweep-presets", nargs="*", default=["tiny"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS[:5]), choices=VARIANTS,
-                        help="what to run (default all; second_order and a peer give the ratio)")
+                        help="what to run (default all but the compiled ones; second_order and a peer give the "
+                             "ratio, a *_compiled variant and its eager twin theirs)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)

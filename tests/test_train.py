@@ -76,6 +76,39 @@ def test_init_from_another_corpus_keeps_everything_but_its_speaker_table(store, 
     assert any("another corpus" in line for line in logs)
 
 
+def test_init_from_leaves_out_or_keeps_fresh_the_reference_encoder_only(store, tmp_path):
+    """The speechocean762 recipe pre-trains with configs/demo.yaml, which meta-trains with an amortized start (so its
+    checkpoints carry a reference encoder), then trains on with a config that has none -- and the other way round."""
+    with_encoder = ("meta.amortized_start=true", "meta.reference_channels=8")
+    train(_config(store, 2, *with_encoder), tmp_path / "pre", progress=False, log=lambda *_: None)
+    pre = load_file(str(tmp_path / "pre/checkpoint/model.safetensors"))
+    assert any(n.startswith("reference_encoder.") for n in pre)
+    tiny_store(tmp_path, ("f4", "m5"), TEXTS[:3])
+    for other in (tmp_path / "store", store):  # another corpus (its speaker table kept fresh), then the same one
+        config = _config(other, 1)
+        data = RunData.load(config)
+        model = build_model(config, len(data.symbols), len(data.speakers))
+        warm_start(tmp_path / "pre/checkpoint", model)
+        own = model.state_dict()
+        assert not any(n.startswith("reference_encoder.") for n in own)
+        assert all(torch.equal(own[n], t) for n, t in pre.items() if n in own and own[n].shape == t.shape)
+    # A checkpoint without an encoder into a model with one: the encoder keeps its own values, the rest is loaded.
+    train(_config(store, 1), tmp_path / "plain", progress=False, log=lambda *_: None)
+    plain = load_file(str(tmp_path / "plain/checkpoint/model.safetensors"))
+    config = _config(store, 1, *with_encoder)
+    data = RunData.load(config)
+    model = build_model(config, len(data.symbols), len(data.speakers))
+    encoder = {n: t.clone() for n, t in model.state_dict().items() if n.startswith("reference_encoder.")}
+    assert encoder and warm_start(tmp_path / "plain/checkpoint", model) == []
+    own = model.state_dict()
+    assert all(torch.equal(own[n], t) for n, t in encoder.items())
+    assert all(torch.equal(own[n], t) for n, t in plain.items())
+    # Any other tensor that does not fit is still refused.
+    with pytest.raises(CheckpointError, match="does not fit"):
+        warm_start(tmp_path / "pre/checkpoint", build_model(_config(store, 1, "model.hidden=48"),
+                                                            len(data.symbols), len(data.speakers)))
+
+
 def test_synthesized_audio_length_matches_the_predicted_durations(store, tmp_path):
     train(_config(store, 2), tmp_path / "run", progress=False, log=lambda *_: None)
     tts = load(tmp_path / "run/checkpoint", vocoder="griffinlim")

@@ -16,7 +16,7 @@ from metatts.config import Config
 from metatts.corpus.splits import SpeakerSplits
 from metatts.episodes.collate import Collator, Normalizer
 from metatts.features.store import FeatureStore, ManifestEntry, StoreError
-from metatts.model.acoustic import AcousticModel
+from metatts.model.acoustic import REFERENCE_PREFIX, AcousticModel
 from metatts.runtime.checkpoint import CheckpointError, CheckpointMeta, load_weights
 from metatts.text.symbols import SymbolTable
 
@@ -147,18 +147,24 @@ def warm_start(checkpoint: str | Path, model: AcousticModel) -> list[str]:
 
     A checkpoint trained on another corpus (pre-training on the generated demo corpus, then real speech) has a
     speaker table of other people: its rows mean nothing here, so the table keeps its fresh initialization when
-    its size differs. Every other tensor -- the new-speaker slot included -- must fit exactly."""
+    its size differs. The amortized start's reference encoder belongs to meta-training (``metatts train`` never
+    updates it): a checkpoint's encoder that this model lacks is left out, and this model's encoder that the
+    checkpoint lacks keeps its fresh initialization -- so a recipe may pre-train with a config that meta-trains
+    with ``meta.amortized_start`` (configs/demo.yaml) and train on with one that does not. Every other tensor --
+    the new-speaker slot included -- must fit exactly."""
     from safetensors.torch import load_file
 
     path = Path(checkpoint) / "model.safetensors"
     tensors = load_file(str(path)) if path.is_file() else {}
     own = model.state_dict()
     fresh = [n for n in SPEAKER_TABLES if n in tensors and n in own and tensors[n].shape != own[n].shape]
-    if not fresh:
-        load_weights(checkpoint, model)
+    foreign_reference = [n for n in tensors if n.startswith(REFERENCE_PREFIX) and n not in own]
+    if not fresh and not foreign_reference:
+        load_weights(checkpoint, model, fresh=(REFERENCE_PREFIX,))
         return []
-    rest = {n: t for n, t in tensors.items() if n not in fresh}
-    missing = sorted(set(own) - set(rest) - set(fresh))
+    rest = {n: t for n, t in tensors.items() if n not in fresh and n not in foreign_reference}
+    own_reference = {n for n in own if n.startswith(REFERENCE_PREFIX) and n not in rest}
+    missing = sorted(set(own) - set(rest) - set(fresh) - own_reference)
     unexpected = sorted(set(rest) - set(own))
     shapes = sorted(n for n, t in rest.items() if n in own and t.shape != own[n].shape)
     if missing or unexpected or shapes:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metatts.checkpoints import load_inner_lr  # noqa: E402
 from metatts.config import load_config  # noqa: E402
 from metatts.config.load import config_to_dict  # noqa: E402
+from metatts.model.acoustic import group_of  # noqa: E402
 from metatts.runtime.env import machine_info  # noqa: E402
 
 
@@ -39,15 +40,7 @@ def _flat(section: dict, prefix: str = "") -> dict:
     return out
 
 
-def group_of(name: str, groups: list[str]) -> str:
-    """The speaker group a rate's parameter name belongs to (the decoder's weights, else the speaker slot)."""
-    for group in groups:
-        if name.startswith(group + ".") or name.startswith(group.replace("_", "") + "."):
-            return group
-    return "slot (embedding + norms)" if name.startswith("speaker.") else name.split(".")[0]
-
-
-def rates_summary(checkpoint: Path, groups: list[str]) -> list[dict] | None:
+def rates_summary(checkpoint: Path) -> list[dict] | None:
     rates = load_inner_lr(checkpoint)
     if isinstance(rates, float):
         return None
@@ -56,10 +49,10 @@ def rates_summary(checkpoint: Path, groups: list[str]) -> list[dict] | None:
     for step in per_step:
         by_group: dict[str, list[torch.Tensor]] = {}
         for name, alpha in step.items():
-            by_group.setdefault(group_of(name, groups), []).append(alpha.detach().flatten().float())
-        summary.append({g: {"min": float(torch.cat(v).min()), "median": float(torch.cat(v).median()),
-                            "max": float(torch.cat(v).max()), "elements": int(torch.cat(v).numel())}
-                        for g, v in sorted(by_group.items())})
+            by_group.setdefault(group_of(name) or name, []).append(alpha.detach().flatten().float())
+        joined = {g: torch.cat(v) for g, v in sorted(by_group.items())}
+        summary.append({g: {"min": float(v.min()), "median": float(v.median()), "max": float(v.max()),
+                            "elements": v.numel()} for g, v in joined.items()})
     return summary
 
 
@@ -73,14 +66,13 @@ def summarize(run: Path) -> dict:
     compute = (saved or {}).get("extra", {}).get("compute", {})
     return {
         "run": str(run),
-        "settings": {"model": _flat(config_to_dict(config)["model"]), "meta": _flat(config_to_dict(config)["meta"]),
-                     "train.threads": config.train.threads},
+        "settings": {k: v for k, v in _flat(config_to_dict(config)).items()
+                     if k.startswith(("model.", "meta.")) or k == "train.threads"},
         "meta_steps_logged": meta[-1]["step"] if meta else 0,
         "checkpoint_step": saved["step"] if saved else None,
         "checkpoint_seconds": compute.get("seconds"),  # meta-training wall time up to that checkpoint
         "meta_val": val,
-        "rates_last_checkpoint": rates_summary(checkpoint, list(config.model.speaker_groups))
-        if saved is not None else None,
+        "rates_last_checkpoint": rates_summary(checkpoint) if saved is not None else None,
     }
 
 
@@ -92,9 +84,8 @@ def main() -> None:
     args = parser.parse_args()
     runs = [summarize(run) for run in args.runs]
     # The settings that differ between the runs: what the comparison is about.
-    keys = {f"{s}.{k}" for r in runs for s in ("model", "meta") for k in r["settings"][s]}
-    differ = sorted(k for k in keys if len({json.dumps(r["settings"][k.split('.', 1)[0]].get(k.split('.', 1)[1]))
-                                            for r in runs}) > 1)
+    keys = set().union(*(r["settings"] for r in runs))
+    differ = sorted(k for k in keys if len({json.dumps(r["settings"].get(k)) for r in runs}) > 1)
     result = {"date": datetime.date.today().isoformat(), "differing_settings": differ, "runs": runs,
               "machine": machine_info()}
     args.results.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,7 @@ def test_meta_runs_reports_meta_val_and_the_learned_rates_per_group_and_step(met
         assert len(summary["rates_last_checkpoint"]) == len(rates) == 2  # one summary per inner step
         for step, summary_step in zip(rates, summary["rates_last_checkpoint"]):
             decoder = [v for k, v in step.items() if k.startswith("decoder.")]
-            assert set(summary_step) == {"decoder", "slot (embedding + norms)"}
+            assert set(summary_step) == {"decoder", "speaker_embedding", "speaker_norms"}
             assert summary_step["decoder"]["elements"] == sum(v.numel() for v in decoder)
             assert summary_step["decoder"]["max"] == pytest.approx(max(float(v.max()) for v in decoder))
             assert summary_step["decoder"]["min"] <= summary_step["decoder"]["median"] <= summary_step["decoder"]["max"]

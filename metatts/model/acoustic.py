@@ -68,6 +68,13 @@ SPEAKER_GROUPS = ("speaker_embedding", "speaker_norms")  # the per-speaker (fast
 PER_VOICE_GROUPS = SPEAKER_GROUPS + ("adapters",)
 
 
+def group_of(name: str) -> str | None:
+    """The group a parameter name belongs to (None: no group claims it)."""
+    if ADAPTER_MARK in name:
+        return "adapters"
+    return next((g for prefix, g in _GROUP_PREFIXES if name.startswith(prefix)), None)
+
+
 @dataclass
 class VarianceOutput:
     frames: Tensor  # [B, T, hidden] regulated states with pitch and energy embeddings added
@@ -185,8 +192,7 @@ class AcousticModel(nn.Module):
         """Group name -> parameter names; every parameter in exactly one group (empty groups kept, e.g. postnet)."""
         groups: dict[str, list[str]] = {g: [] for g in GROUPS}
         for name, _ in self.named_parameters():
-            group = "adapters" if ADAPTER_MARK in name else next(
-                (g for prefix, g in _GROUP_PREFIXES if name.startswith(prefix)), None)
+            group = group_of(name)
             if group is None:  # a new submodule without a group is a bug: fail loudly, not silently un-adapted
                 raise RuntimeError(f"parameter {name!r} belongs to no group; add its prefix to _GROUP_PREFIXES")
             groups[group].append(name)
